@@ -1,0 +1,222 @@
+//! Key material held in process: parsing, generation, and the identities derived from it.
+//!
+//! Secrets are zeroized on drop and never appear in `Debug`, `Display` or errors.
+
+use std::fmt;
+use std::path::Path;
+
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::hexenc;
+
+/// A 32-byte secret (private key, chunk key, field key). Zeroized on drop; `Debug` is redacted.
+#[derive(Clone, Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct Secret32([u8; 32]);
+
+impl Secret32 {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Secret32(bytes)
+    }
+    /// 32 bytes from the operating system's randomness.
+    pub fn random() -> Result<Self, KeyError> {
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes).map_err(|_| KeyError::Randomness)?;
+        Ok(Secret32(bytes))
+    }
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret32(<redacted>)")
+    }
+}
+
+/// Why a key could not be read or used. Never carries key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {path} does not hold {what} (expected optional 0x and 64 hex digits)")]
+    Format { path: String, what: &'static str },
+    #[error("{what} is not a valid key")]
+    Invalid { what: &'static str },
+    #[error("the operating system's random number generator failed")]
+    Randomness,
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parses a 32-byte secret written as hex (optional `0x`, surrounding whitespace ignored).
+pub fn parse_secret_hex(text: &str) -> Option<Secret32> {
+    let trimmed = text.trim();
+    let body = trimmed.strip_prefix("0x").unwrap_or(trimmed);
+    if body.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(body, &mut out).ok()?;
+    Some(Secret32(out))
+}
+
+/// Reads a key file holding one 32-byte secret as hex.
+pub fn read_secret_file(path: &Path, what: &'static str) -> Result<Secret32, KeyError> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?);
+    parse_secret_hex(&text).ok_or_else(|| KeyError::Format {
+        path: path.display().to_string(),
+        what,
+    })
+}
+
+/// Writes a secret as hex to a new file readable only by its owner (0600).
+pub fn write_secret_file(path: &Path, secret: &Secret32, prefix_0x: bool) -> Result<(), KeyError> {
+    let mut text = Zeroizing::new(String::with_capacity(68));
+    if prefix_0x {
+        text.push_str("0x");
+    }
+    text.push_str(&hex::encode(secret.expose()));
+    text.push('\n');
+    write_file_0600(path, text.as_bytes()).map_err(|source| KeyError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn write_file_0600(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// The secp256k1 identity: EIP-191 package signatures, DID.
+pub struct IdentityKey {
+    key: k256::ecdsa::SigningKey,
+}
+
+impl IdentityKey {
+    pub fn from_secret(secret: &Secret32) -> Result<Self, KeyError> {
+        let key = k256::ecdsa::SigningKey::from_slice(secret.expose())
+            .map_err(|_| KeyError::Invalid { what: "secp256k1 identity key" })?;
+        Ok(IdentityKey { key })
+    }
+    pub fn signing_key(&self) -> &k256::ecdsa::SigningKey {
+        &self.key
+    }
+    pub fn address(&self) -> [u8; 20] {
+        crate::package::address_of(self.key.verifying_key())
+    }
+    pub fn did(&self) -> String {
+        crate::package::did_of_address(&self.address())
+    }
+    /// Uncompressed SEC1 public key (65 bytes, `04`‖X‖Y) as hex.
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().to_encoded_point(false).as_bytes())
+    }
+}
+
+impl fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityKey").field("did", &self.did()).finish_non_exhaustive()
+    }
+}
+
+/// The Ed25519 chain key: chunk signatures.
+pub struct ChainKey {
+    key: ed25519_dalek::SigningKey,
+}
+
+impl ChainKey {
+    pub fn from_secret(secret: &Secret32) -> Self {
+        ChainKey { key: ed25519_dalek::SigningKey::from_bytes(secret.expose()) }
+    }
+    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        &self.key
+    }
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+}
+
+impl fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainKey").field("public_key", &self.public_key_hex()).finish_non_exhaustive()
+    }
+}
+
+/// An X25519 box key (owner, operator, machine, buyer): opens sealed chunk keys.
+pub struct BoxKey {
+    secret: x25519_dalek::StaticSecret,
+}
+
+impl BoxKey {
+    pub fn from_secret(secret: &Secret32) -> Self {
+        BoxKey { secret: x25519_dalek::StaticSecret::from(*secret.expose()) }
+    }
+    pub fn public_key(&self) -> [u8; 32] {
+        x25519_dalek::PublicKey::from(&self.secret).to_bytes()
+    }
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.public_key())
+    }
+    pub(crate) fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.secret.to_bytes())
+    }
+}
+
+impl fmt::Debug for BoxKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoxKey").field("public_key", &self.public_key_hex()).finish_non_exhaustive()
+    }
+}
+
+/// Validates an X25519 public key given as hex (optional `0x`), returning its bytes.
+pub fn parse_x25519_public_hex(field: &str, text: &str) -> Result<[u8; 32], hexenc::HexError> {
+    hexenc::decode_array::<32>(field, text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let secret = Secret32::from_bytes([0xab; 32]);
+        let shown = format!(
+            "{:?} {:?} {:?} {:?}",
+            secret,
+            IdentityKey::from_secret(&secret).unwrap(),
+            ChainKey::from_secret(&secret),
+            BoxKey::from_secret(&secret)
+        );
+        assert!(!shown.to_lowercase().contains(&"ab".repeat(32)), "{shown}");
+        assert!(!shown.contains("171, 171"), "{shown}");
+    }
+
+    #[test]
+    fn parses_hex_secrets() {
+        assert!(parse_secret_hex(&format!(" 0x{}\n", "0a".repeat(32))).is_some());
+        assert!(parse_secret_hex(&"0a".repeat(31)).is_none());
+        assert!(parse_secret_hex(&"zz".repeat(32)).is_none());
+    }
+}

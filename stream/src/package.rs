@@ -1,0 +1,331 @@
+//! Signed data packages (FORMATS.md §2): envelope, EIP-191 hash and signature, DID,
+//! verification by public-key recovery.
+
+use k256::ecdsa::{RecoveryId, Signature, SigningKey, VerifyingKey};
+use sha3::{Digest, Keccak256};
+
+use crate::json::{self, JsonError, Map, Value};
+
+/// `did:peaq:` prefix of a machine DID.
+pub const DID_PREFIX: &str = "did:peaq:";
+
+/// Why a package document could not be read or verified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackageError {
+    #[error("package is not a JSON object")]
+    NotAnObject,
+    #[error("package field `{0}` is missing")]
+    Missing(&'static str),
+    #[error("package field `{field}` must be {expected}")]
+    WrongType { field: &'static str, expected: &'static str },
+    #[error("DID {0:?} is not did:peaq:0x followed by 40 hex digits")]
+    BadDid(String),
+    #[error("signature is not 65 bytes of hex (r, s, v)")]
+    SignatureFormat,
+    #[error("signature does not recover a public key")]
+    SignatureInvalid,
+    #[error("recovered signer {recovered} does not match the package DID {did}")]
+    SignerMismatch { recovered: String, did: String },
+    #[error("envelope cannot be made canonical: {0}")]
+    Canonical(#[from] JsonError),
+}
+
+/// The signed envelope as a JSON object: `{did, timestamp, schemaVersion, sequenceNumber, payload}`.
+pub fn envelope(
+    did: &str,
+    timestamp: &Value,
+    schema_version: &Value,
+    sequence_number: &Value,
+    payload: &Value,
+) -> Value {
+    let mut map = Map::with_capacity(5);
+    map.insert("did".into(), Value::String(did.to_string()));
+    map.insert("timestamp".into(), timestamp.clone());
+    map.insert("schemaVersion".into(), schema_version.clone());
+    map.insert("sequenceNumber".into(), sequence_number.clone());
+    map.insert("payload".into(), payload.clone());
+    Value::Object(map)
+}
+
+/// `keccak256("\x19Ethereum Signed Message:\n" + len(message) + message)`.
+pub fn eip191_hash(message: &[u8]) -> [u8; 32] {
+    let mut hasher = Keccak256::new();
+    hasher.update(b"\x19Ethereum Signed Message:\n");
+    hasher.update(message.len().to_string().as_bytes());
+    hasher.update(message);
+    hasher.finalize().into()
+}
+
+/// EIP-191 `personal_sign`: r ‖ s ‖ v, low-s, v = 27 or 28, deterministic (RFC 6979).
+pub fn sign_eip191(key: &SigningKey, message: &[u8]) -> [u8; 65] {
+    sign_eip191_prehash(key, &eip191_hash(message))
+}
+
+/// Signs an EIP-191 digest already computed by [`eip191_hash`].
+pub fn sign_eip191_prehash(key: &SigningKey, digest: &[u8; 32]) -> [u8; 65] {
+    // k256 signs with RFC 6979 and normalizes s to the low half, adjusting the recovery id.
+    let (signature, recovery_id) = key
+        .sign_prehash_recoverable(digest)
+        .expect("a 32-byte prehash is always signable");
+    let mut out = [0u8; 65];
+    out[..64].copy_from_slice(&signature.to_bytes());
+    out[64] = 27 + recovery_id.to_byte();
+    out
+}
+
+/// `0x` + hex of a 65-byte signature.
+pub fn signature_hex(signature: &[u8; 65]) -> String {
+    format!("0x{}", hex::encode(signature))
+}
+
+/// The 20-byte Ethereum address of a secp256k1 public key.
+pub fn address_of(key: &VerifyingKey) -> [u8; 20] {
+    let point = key.to_encoded_point(false);
+    let digest = Keccak256::digest(&point.as_bytes()[1..]);
+    let mut address = [0u8; 20];
+    address.copy_from_slice(&digest[12..]);
+    address
+}
+
+/// `did:peaq:0x` + lowercase hex address.
+pub fn did_of_address(address: &[u8; 20]) -> String {
+    format!("{DID_PREFIX}0x{}", hex::encode(address))
+}
+
+/// The address in a `did:peaq:0x…` DID (hex digits of either case), if well formed.
+pub fn address_of_did(did: &str) -> Option<[u8; 20]> {
+    let hex_part = did.strip_prefix(DID_PREFIX)?.strip_prefix("0x")?;
+    if hex_part.len() != 40 {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    hex::decode_to_slice(hex_part, &mut out).ok()?;
+    Some(out)
+}
+
+/// Recovers the signer's address from an EIP-191 signature over `message`.
+/// Accepts what the reference accepts: optional `0x`, v in {0, 1, 27, 28}, high s.
+pub fn recover_signer(message: &[u8], signature: &str) -> Result<[u8; 20], PackageError> {
+    let body = signature.strip_prefix("0x").unwrap_or(signature);
+    let mut raw = [0u8; 65];
+    hex::decode_to_slice(body, &mut raw).map_err(|_| PackageError::SignatureFormat)?;
+    let v = match raw[64] {
+        0 | 27 => 0u8,
+        1 | 28 => 1u8,
+        _ => return Err(PackageError::SignatureInvalid),
+    };
+    let mut signature =
+        Signature::from_slice(&raw[..64]).map_err(|_| PackageError::SignatureInvalid)?;
+    let mut parity = v;
+    if let Some(low) = signature.normalize_s() {
+        signature = low;
+        parity ^= 1;
+    }
+    let recovery_id = RecoveryId::from_byte(parity).ok_or(PackageError::SignatureInvalid)?;
+    let key = VerifyingKey::recover_from_prehash(&eip191_hash(message), &signature, recovery_id)
+        .map_err(|_| PackageError::SignatureInvalid)?;
+    Ok(address_of(&key))
+}
+
+/// A signed data package document:
+/// `{did, timestamp, schemaVersion, sequenceNumber, payload, signature, signingKeyId}`.
+///
+/// `timestamp`, `schemaVersion`, `sequenceNumber` and `payload` are kept as the JSON they
+/// were read as, so that verification canonicalizes exactly what was signed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataPackage {
+    pub did: String,
+    pub timestamp: Value,
+    pub schema_version: Value,
+    pub sequence_number: Value,
+    pub payload: Value,
+    pub signature: String,
+    pub signing_key_id: Option<String>,
+}
+
+impl DataPackage {
+    /// Reads a package document (camelCase, as FORMATS.md §2 writes it).
+    pub fn from_value(value: &Value) -> Result<Self, PackageError> {
+        let map = value.as_object().ok_or(PackageError::NotAnObject)?;
+        let get = |field: &'static str| map.get(field).ok_or(PackageError::Missing(field));
+        let string = |field: &'static str| -> Result<String, PackageError> {
+            get(field)?.as_str().map(str::to_string).ok_or(PackageError::WrongType {
+                field,
+                expected: "a string",
+            })
+        };
+        let signing_key_id = match map.get("signingKeyId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                return Err(PackageError::WrongType {
+                    field: "signingKeyId",
+                    expected: "a string",
+                })
+            }
+        };
+        Ok(DataPackage {
+            did: string("did")?,
+            timestamp: get("timestamp")?.clone(),
+            schema_version: get("schemaVersion")?.clone(),
+            sequence_number: get("sequenceNumber")?.clone(),
+            payload: get("payload")?.clone(),
+            signature: string("signature")?,
+            signing_key_id,
+        })
+    }
+
+    /// The document as JSON, keys in the reference's order.
+    pub fn to_value(&self) -> Value {
+        let mut map = Map::with_capacity(7);
+        map.insert("did".into(), Value::String(self.did.clone()));
+        map.insert("timestamp".into(), self.timestamp.clone());
+        map.insert("schemaVersion".into(), self.schema_version.clone());
+        map.insert("sequenceNumber".into(), self.sequence_number.clone());
+        map.insert("payload".into(), self.payload.clone());
+        map.insert("signature".into(), Value::String(self.signature.clone()));
+        map.insert(
+            "signingKeyId".into(),
+            self.signing_key_id.clone().map_or(Value::Null, Value::String),
+        );
+        Value::Object(map)
+    }
+
+    /// One JSON line: keys in document order, payload in canonical form.
+    pub fn to_json_line(&self) -> Result<String, JsonError> {
+        let mut out = String::with_capacity(256);
+        out.push_str("{\"did\":");
+        json::write_string(&self.did, &mut out);
+        out.push_str(",\"timestamp\":");
+        out.push_str(&json::canonical(&self.timestamp)?);
+        out.push_str(",\"schemaVersion\":");
+        out.push_str(&json::canonical(&self.schema_version)?);
+        out.push_str(",\"sequenceNumber\":");
+        out.push_str(&json::canonical(&self.sequence_number)?);
+        out.push_str(",\"payload\":");
+        out.push_str(&json::canonical(&self.payload)?);
+        out.push_str(",\"signature\":");
+        json::write_string(&self.signature, &mut out);
+        out.push_str(",\"signingKeyId\":");
+        match &self.signing_key_id {
+            Some(id) => json::write_string(id, &mut out),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+        Ok(out)
+    }
+
+    /// The canonical envelope bytes that the signature covers.
+    pub fn envelope_bytes(&self) -> Result<Vec<u8>, JsonError> {
+        json::canonical_bytes(&envelope(
+            &self.did,
+            &self.timestamp,
+            &self.schema_version,
+            &self.sequence_number,
+            &self.payload,
+        ))
+    }
+
+    /// Verifies as the reference does: recover the signer and compare with the DID's address.
+    pub fn verify(&self) -> Result<(), PackageError> {
+        let expected = address_of_did(&self.did).ok_or_else(|| PackageError::BadDid(self.did.clone()))?;
+        let message = self.envelope_bytes()?;
+        let recovered = recover_signer(&message, &self.signature)?;
+        if recovered != expected {
+            return Err(PackageError::SignerMismatch {
+                recovered: format!("0x{}", hex::encode(recovered)),
+                did: self.did.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::parse;
+
+    fn key() -> SigningKey {
+        SigningKey::from_slice(&[7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn sign_and_verify_round_trip_low_s() {
+        let key = key();
+        let did = did_of_address(&address_of(key.verifying_key()));
+        for seq in 0..64u64 {
+            let payload = parse(&format!(r#"{{"x":{seq},"y":"é"}}"#)).unwrap();
+            let env = envelope(
+                &did,
+                &Value::String("2026-01-01T00:00:00Z".into()),
+                &Value::String("1".into()),
+                &Value::from(seq),
+                &payload,
+            );
+            let sig = sign_eip191(&key, &json::canonical_bytes(&env).unwrap());
+            assert!(sig[64] == 27 || sig[64] == 28);
+            let s = Signature::from_slice(&sig[..64]).unwrap();
+            assert!(s.normalize_s().is_none(), "s must be low");
+            let package = DataPackage {
+                did: did.clone(),
+                timestamp: Value::String("2026-01-01T00:00:00Z".into()),
+                schema_version: Value::String("1".into()),
+                sequence_number: Value::from(seq),
+                payload,
+                signature: signature_hex(&sig),
+                signing_key_id: Some("k".into()),
+            };
+            package.verify().unwrap();
+            let reparsed = DataPackage::from_value(&parse(&package.to_json_line().unwrap()).unwrap()).unwrap();
+            reparsed.verify().unwrap();
+        }
+    }
+
+    #[test]
+    fn tampering_is_caught() {
+        let key = key();
+        let did = did_of_address(&address_of(key.verifying_key()));
+        let payload = parse(r#"{"a":1}"#).unwrap();
+        let env = envelope(&did, &"t".into(), &"1".into(), &Value::from(1u8), &payload);
+        let sig = signature_hex(&sign_eip191(&key, &json::canonical_bytes(&env).unwrap()));
+        let mut package = DataPackage {
+            did: did.clone(),
+            timestamp: "t".into(),
+            schema_version: "1".into(),
+            sequence_number: Value::from(1u8),
+            payload,
+            signature: sig,
+            signing_key_id: None,
+        };
+        package.verify().unwrap();
+        // 1.0 is not 1.
+        package.sequence_number = parse("1.0").unwrap();
+        assert!(matches!(package.verify(), Err(PackageError::SignerMismatch { .. })));
+        package.sequence_number = Value::from(1u8);
+        // The DID is part of what is signed: another spelling is another message.
+        package.did = did.to_uppercase().replace("DID:PEAQ:0X", "did:peaq:0x");
+        assert!(matches!(package.verify(), Err(PackageError::SignerMismatch { .. })));
+        package.did = "did:peaq:0x1234".into();
+        assert!(matches!(package.verify(), Err(PackageError::BadDid(_))));
+    }
+
+    #[test]
+    fn accepts_v01_and_high_s_like_the_reference() {
+        let key = key();
+        let message = b"hello";
+        let sig = sign_eip191(&key, message);
+        let expected = address_of(key.verifying_key());
+        let mut v01 = sig;
+        v01[64] -= 27;
+        assert_eq!(recover_signer(message, &hex::encode(v01)).unwrap(), expected);
+        // Flip to high s: s' = n - s, parity flips.
+        let s = Signature::from_slice(&sig[..64]).unwrap();
+        let (r, s_scalar) = s.split_scalars();
+        let high = Signature::from_scalars(r, -*s_scalar.as_ref()).unwrap();
+        let mut raw = [0u8; 65];
+        raw[..64].copy_from_slice(&high.to_bytes());
+        raw[64] = if sig[64] == 27 { 28 } else { 27 };
+        assert_eq!(recover_signer(message, &hex::encode(raw)).unwrap(), expected);
+    }
+}
