@@ -1,1 +1,208 @@
+//! The published directory: `chunk-{i}.json`, `chunk-{i}.bin`, `manifest.json`.
+//!
+//! Every file is written atomically (temporary file in the same directory, then rename),
+//! so a reader never sees half a file; `.bin` before `.json`, so an envelope on disk
+//! always has its ciphertext.
 
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{ChunkEnvelope, EnvelopeError, CHUNK_SCHEMA_VERSION};
+use crate::json::{self, Layout};
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub schema_version: String,
+    pub source_hash: String,
+    pub total_chunks: u64,
+    pub chunk_size: u64,
+    pub machine_did: String,
+    pub created_at: String,
+}
+
+impl Manifest {
+    pub fn new(source_hash: String, total_chunks: u64, chunk_size: u64, machine_did: String) -> Self {
+        Manifest {
+            schema_version: CHUNK_SCHEMA_VERSION.into(),
+            source_hash,
+            total_chunks,
+            chunk_size,
+            machine_did,
+            created_at: utc_now_iso8601(),
+        }
+    }
+
+    /// `json.dumps(manifest, indent=2) + "\n"`.
+    pub fn to_file_text(&self) -> String {
+        let value = serde_json::to_value(self).expect("a manifest always serializes");
+        let mut text = json::python_dumps(&value, Layout::Indent2).expect("a manifest holds no floats");
+        text.push('\n');
+        text
+    }
+}
+
+/// `%Y-%m-%dT%H:%M:%SZ` of the current UTC time.
+pub fn utc_now_iso8601() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// A published directory that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Envelope {
+        path: String,
+        #[source]
+        source: EnvelopeError,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("no chunk files (chunk-*.json) in {0}")]
+    NoChunks(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
+    move |source| LayoutError::Io { path: path.display().to_string(), source }
+}
+
+/// Whether writes are flushed to stable storage before the rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Atomic against readers; the page cache decides when it reaches the disk.
+    Atomic,
+    /// Atomic and fsynced (file, then directory): survives power loss once returned.
+    Synced,
+}
+
+/// Writes `bytes` to `dir/name` atomically.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durability: Durability) -> Result<(), LayoutError> {
+    let target = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        if durability == Durability::Synced {
+            file.sync_all()?;
+        }
+        drop(file);
+        fs::rename(&temp, &target)?;
+        if durability == Durability::Synced {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(io_error(&target))
+}
+
+/// Writes one chunk: `chunk-{i}.bin`, then `chunk-{i}.json`.
+pub fn write_chunk(dir: &Path, envelope: &ChunkEnvelope, ciphertext: &[u8], durability: Durability) -> Result<(), LayoutError> {
+    let index = envelope.index;
+    write_atomic(dir, &format!("chunk-{index}.bin"), ciphertext, durability)?;
+    let text = envelope.to_file_text().map_err(|e| LayoutError::Invalid {
+        path: dir.join(format!("chunk-{index}.json")).display().to_string(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(dir, &format!("chunk-{index}.json"), text.as_bytes(), durability)
+}
+
+/// Writes `manifest.json`.
+pub fn write_manifest(dir: &Path, manifest: &Manifest, durability: Durability) -> Result<PathBuf, LayoutError> {
+    write_atomic(dir, "manifest.json", manifest.to_file_text().as_bytes(), durability)?;
+    Ok(dir.join("manifest.json"))
+}
+
+/// Reads `manifest.json` if there is one.
+pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>, LayoutError> {
+    let path = dir.join("manifest.json");
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let invalid = |reason: String| LayoutError::Invalid { path: path.display().to_string(), reason };
+    let value = json::parse_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    serde_json::from_value(value).map(Some).map_err(|e| invalid(e.to_string()))
+}
+
+/// Reads every `chunk-*.json` envelope in `dir`, sorted by `index`. Gaps and duplicates are
+/// left for [`crate::chain::verify_chain`] to report with their index.
+pub fn read_chunks(dir: &Path) -> Result<Vec<ChunkEnvelope>, LayoutError> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("chunk-") && n.ends_with(".json"))
+        })
+        .collect();
+    if paths.is_empty() {
+        return Err(LayoutError::NoChunks(dir.display().to_string()));
+    }
+    paths.sort();
+    let mut chunks = Vec::with_capacity(paths.len());
+    for path in paths {
+        let bytes = fs::read(&path).map_err(io_error(&path))?;
+        let envelope = ChunkEnvelope::from_json(&bytes)
+            .map_err(|source| LayoutError::Envelope { path: path.display().to_string(), source })?;
+        chunks.push(envelope);
+    }
+    chunks.sort_by_key(|c| c.index);
+    Ok(chunks)
+}
+
+/// Reads `chunk-{index}.bin` from `dir`, `None` if it is not there.
+pub fn read_ciphertext(dir: &Path, index: u64) -> Result<Option<Vec<u8>>, LayoutError> {
+    let path = dir.join(format!("chunk-{index}.bin"));
+    match fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_shape() {
+        let t = utc_now_iso8601();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T");
+    }
+}

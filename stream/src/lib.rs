@@ -16,4 +16,5 @@ pub mod local;
 pub mod package;
 pub mod rules;
 pub mod sealed;
+pub mod sign;
 pub mod signer;

@@ -1,1 +1,79 @@
+//! The narrow, batch-friendly traits behind which every signature and key wrap happens.
+//!
+//! In-process implementations over key files live in [`crate::local`]; keyd's client
+//! implements the same traits. Every method takes a batch and answers in order, so a
+//! remote implementation pays one round trip per batch, not per item.
 
+use crate::access::{BuyerAccessEntry, BuyerIdentity};
+use crate::chain::{ChunkEnvelope, KeyRecipient};
+use crate::keys::{KeyError, Secret32};
+
+/// Why a signer could not do what it was asked. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The signer refused the request (wrong purpose, foreign DID, replayed sequence…).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The signer could not be reached or failed.
+    #[error("signer unavailable: {0}")]
+    Unavailable(String),
+    /// Item `index` of the batch could not be processed.
+    #[error("item {index}: {reason}")]
+    Item { index: usize, reason: String },
+}
+
+/// Signs canonical data-package envelopes with the machine identity (EIP-191).
+pub trait PackageSigner: Send + Sync {
+    /// The DID every envelope must carry.
+    fn did(&self) -> &str;
+    /// One 65-byte signature (r ‖ s ‖ v, v = 27/28) per canonical envelope, in order.
+    fn sign_envelopes(&self, envelopes: &[&[u8]]) -> Result<Vec<[u8; 65]>, SignerError>;
+}
+
+/// The identity written into every chunk signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkSignerIdentity {
+    pub machine_did: String,
+    pub key_id: String,
+    pub public_key_hex: String,
+}
+
+/// Signs chunk `encryptedDataHash` strings with the chain key (Ed25519).
+pub trait ChunkHashSigner: Send + Sync {
+    fn chunk_signer(&self) -> &ChunkSignerIdentity;
+    /// One 64-byte Ed25519 signature per `0x` + 64-hex hash string, in order.
+    fn sign_chunk_hashes(&self, hashes: &[&str]) -> Result<Vec<[u8; 64]>, SignerError>;
+}
+
+/// A fresh chunk key, its commitment, and its sealed copies for the configured recipients.
+/// The key is zeroized when dropped.
+#[derive(Debug)]
+pub struct ChunkKey {
+    pub key: Secret32,
+    pub commitment: String,
+    pub recipients: Vec<KeyRecipient>,
+}
+
+/// Makes fresh chunk keys and wraps them to the recipients it is configured with.
+pub trait ChunkKeySource: Send + Sync {
+    fn new_chunk_keys(&self, count: usize) -> Result<Vec<ChunkKey>, SignerError>;
+}
+
+/// Re-wraps chunk keys for a buyer without ever handing the plaintext key out.
+pub trait ChunkKeyGranter: Send + Sync {
+    /// One buyer access entry per chunk, in order; each chunk key is opened, checked
+    /// against the chunk's `keyCommitment`, and sealed to the buyer.
+    fn grant(
+        &self,
+        chunks: &[ChunkEnvelope],
+        buyer: &BuyerIdentity,
+    ) -> Result<Vec<BuyerAccessEntry>, SignerError>;
+}
+
+/// Encrypts field values (AES-256-GCM, FORMATS.md §3 packing).
+pub trait FieldEncryptor: Send + Sync {
+    /// One base64 of iv(12) ‖ ciphertext ‖ tag(16) per plaintext, in order.
+    fn encrypt_fields(&self, plaintexts: &[&[u8]]) -> Result<Vec<String>, SignerError>;
+}

@@ -1,0 +1,180 @@
+//! Building chunk chains: seal each chunk (parallelizable), then link them in order.
+
+use std::io::Read;
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+
+use super::envelope::*;
+use crate::hexenc;
+use crate::signer::{ChunkHashSigner, ChunkKey, SignerError};
+
+/// A chunk that could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("chunk {index}: {source}")]
+    Signer {
+        index: u64,
+        #[source]
+        source: SignerError,
+    },
+    #[error("chunk {index}: encryption failed")]
+    Encrypt { index: u64 },
+    #[error("the operating system's random number generator failed")]
+    Randomness,
+    #[error("reading input: {0}")]
+    Read(#[from] std::io::Error),
+}
+
+/// A chunk encrypted, hashed and signed, not yet linked into the chain.
+#[derive(Debug)]
+pub struct SealedChunk {
+    /// ciphertext ‖ tag: the `chunk-i.bin` content.
+    pub ciphertext: Vec<u8>,
+    pub encrypted_data_hash: String,
+    pub plaintext_hash: String,
+    pub nonce_hex: String,
+    pub key_commitment: String,
+    pub recipients: Vec<KeyRecipient>,
+    pub signature: ChunkSignature,
+}
+
+/// Encrypts `plaintext` in place under `key` with a fresh random nonce, hashes both sides,
+/// and signs the ciphertext hash. `index` is only used to name failures. The chunk key is
+/// dropped (and zeroized) before this returns.
+pub fn seal_chunk(
+    mut buffer: Vec<u8>,
+    key: ChunkKey,
+    signer: &dyn ChunkHashSigner,
+    index: u64,
+) -> Result<SealedChunk, BuildError> {
+    let plaintext_hash = hexenc::digest_0x(&Sha256::digest(&buffer));
+    let mut nonce = [0u8; 24];
+    getrandom::getrandom(&mut nonce).map_err(|_| BuildError::Randomness)?;
+    let cipher = XChaCha20Poly1305::new(key.key.expose().into());
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), b"", &mut buffer)
+        .map_err(|_| BuildError::Encrypt { index })?;
+    drop(cipher);
+    buffer.extend_from_slice(&tag);
+    let encrypted_data_hash = hexenc::digest_0x(&Sha256::digest(&buffer));
+    let value = signer
+        .sign_chunk_hashes(&[encrypted_data_hash.as_str()])
+        .map_err(|source| BuildError::Signer { index, source })?
+        .pop()
+        .ok_or(BuildError::Signer {
+            index,
+            source: SignerError::Unavailable("no signature returned".into()),
+        })?;
+    let identity = signer.chunk_signer();
+    let ChunkKey { key: _, commitment, recipients } = key;
+    Ok(SealedChunk {
+        ciphertext: buffer,
+        encrypted_data_hash,
+        plaintext_hash,
+        nonce_hex: hex::encode(nonce),
+        key_commitment: commitment,
+        recipients,
+        signature: ChunkSignature {
+            algorithm: SIGNATURE_ALGORITHM.into(),
+            machine_did: identity.machine_did.clone(),
+            key_id: identity.key_id.clone(),
+            public_key_hex: identity.public_key_hex.clone(),
+            value: hex::encode(value),
+        },
+    })
+}
+
+/// Links sealed chunks into a chain: indices and `chunkId`s, each naming the one before.
+#[derive(Debug, Clone, Default)]
+pub struct ChainLinker {
+    previous: Option<String>,
+    next_index: u64,
+}
+
+impl ChainLinker {
+    /// A new chain, starting at index 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Continues a chain whose last chunk has id `previous` and index `next_index - 1`.
+    pub fn resume(previous: Option<String>, next_index: u64) -> Self {
+        ChainLinker { previous, next_index }
+    }
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+    pub fn previous_chunk_id(&self) -> Option<&str> {
+        self.previous.as_deref()
+    }
+
+    /// Gives `sealed` the next index; returns its envelope and its ciphertext.
+    pub fn link(&mut self, sealed: SealedChunk) -> (ChunkEnvelope, Vec<u8>) {
+        let index = self.next_index;
+        let chunk_id = hexenc::chunk_id(self.previous.as_deref(), &sealed.encrypted_data_hash, index);
+        let envelope = ChunkEnvelope {
+            schema_version: CHUNK_SCHEMA_VERSION.into(),
+            chunk_id: chunk_id.clone(),
+            previous_chunk_id: self.previous.replace(chunk_id),
+            index,
+            encrypted_data_hash: sealed.encrypted_data_hash,
+            plaintext_hash: sealed.plaintext_hash,
+            storage_ref: None,
+            encryption: ChunkEncryption {
+                algorithm: CHUNK_ALGORITHM.into(),
+                nonce: sealed.nonce_hex,
+                key_commitment: sealed.key_commitment,
+                key_recipients: sealed.recipients,
+            },
+            signature: sealed.signature,
+        };
+        self.next_index += 1;
+        (envelope, sealed.ciphertext)
+    }
+}
+
+/// Reads a byte stream as `chunk_size` slices, one at a time (memory bounded), hashing
+/// the whole input for the manifest's `sourceHash`. An empty input gives one empty chunk.
+pub struct ChunkReader<R> {
+    input: R,
+    chunk_size: usize,
+    source: Sha256,
+    produced: u64,
+    done: bool,
+}
+
+impl<R: Read> ChunkReader<R> {
+    pub fn new(input: R, chunk_size: usize) -> Self {
+        assert!(chunk_size > 0, "chunk size must be positive");
+        ChunkReader { input, chunk_size, source: Sha256::new(), produced: 0, done: false }
+    }
+
+    /// The next slice, or `None` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, std::io::Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut buffer = Vec::with_capacity(self.chunk_size + 16);
+        (&mut self.input).take(self.chunk_size as u64).read_to_end(&mut buffer)?;
+        if buffer.len() < self.chunk_size {
+            self.done = true;
+            if buffer.is_empty() && self.produced > 0 {
+                return Ok(None);
+            }
+        }
+        self.source.update(&buffer);
+        self.produced += 1;
+        Ok(Some(buffer))
+    }
+
+    /// `0x` + sha256 of everything read; call after the last chunk.
+    pub fn source_hash(&self) -> String {
+        hexenc::digest_0x(&self.source.clone().finalize())
+    }
+
+    /// How many chunks were produced.
+    pub fn chunks_read(&self) -> u64 {
+        self.produced
+    }
+}

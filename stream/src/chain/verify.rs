@@ -1,0 +1,242 @@
+//! Chain verification: the reference's checks, in its order, then the ones it misses
+//! (FORMATS.md §4): signer pinned to an expected DID and key, one signer for the whole
+//! chain, the manifest's `totalChunks`, and, given a recipient key, every chunk
+//! decrypted and checked and the manifest's `sourceHash`.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use super::decrypt::{self, DecryptError};
+use super::envelope::ChunkEnvelope;
+use crate::hexenc;
+use crate::keys::BoxKey;
+
+/// What the verifier should insist on beyond the reference's checks.
+#[derive(Default)]
+pub struct VerifyOptions<'a> {
+    /// Every chunk's `signature.machineDid` must equal this.
+    pub expect_did: Option<&'a str>,
+    /// Every chunk must be signed by this Ed25519 public key.
+    pub expect_public_key: Option<[u8; 32]>,
+    /// The manifest's `totalChunks`.
+    pub expect_total_chunks: Option<u64>,
+    /// Decrypt and check every chunk as this recipient.
+    pub recipient: Option<&'a BoxKey>,
+    /// With a recipient: the manifest's `sourceHash` to compare with the decrypted data.
+    pub expect_source_hash: Option<&'a str>,
+}
+
+/// The first failed check and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainFailure {
+    #[error("chain is empty")]
+    Empty,
+    #[error("chunk {index}: index is not sequential (found index {found} at position {index})")]
+    IndexNotSequential { index: u64, found: u64 },
+    #[error("chunk 0: first chunk must have a null previousChunkId")]
+    FirstHasPrevious,
+    #[error("chunk {index}: previousChunkId does not match the preceding chunkId")]
+    PreviousMismatch { index: u64 },
+    #[error("chunk {index}: ciphertext chunk-{index}.bin is missing")]
+    MissingCiphertext { index: u64 },
+    #[error("chunk {index}: encryptedDataHash does not match the ciphertext")]
+    HashMismatch { index: u64 },
+    #[error("chunk {index}: chunkId does not match its linkage fields")]
+    ChunkIdMismatch { index: u64 },
+    #[error("chunk {index}: signature identity fields (machineDid, keyId) are empty")]
+    SignatureIdentity { index: u64 },
+    #[error("chunk {index}: Ed25519 signature does not verify")]
+    SignatureInvalid { index: u64 },
+    #[error("chunk {index}: signer machineDid {found:?} is not the expected {expected:?}")]
+    UnexpectedDid { index: u64, found: String, expected: String },
+    #[error("chunk {index}: signed by public key {found}, not the expected {expected}")]
+    UnexpectedKey { index: u64, found: String, expected: String },
+    #[error("chunk {index}: signer changed mid-chain (public key {found}, chunk 0 used {first})")]
+    SignerChanged { index: u64, found: String, first: String },
+    #[error("totalChunks: the manifest says {expected} chunks, the chain has {found} (chunk {index} onwards missing or extra)")]
+    TotalChunks { index: u64, expected: u64, found: u64 },
+    #[error("chunk {index}: no key recipient is sealed to the given recipient key")]
+    NoRecipient { index: u64 },
+    #[error("chunk {index}: {source}")]
+    Decrypt {
+        index: u64,
+        #[source]
+        source: DecryptError,
+    },
+    #[error("sourceHash: the decrypted data hashes to {found}, the manifest says {expected}")]
+    SourceHash { expected: String, found: String },
+    #[error("chunk {index}: cannot read ciphertext: {reason}")]
+    Read { index: u64, reason: String },
+}
+
+impl ChainFailure {
+    /// A short name of the failed check, for machine output.
+    pub fn check(&self) -> &'static str {
+        match self {
+            ChainFailure::Empty => "empty",
+            ChainFailure::IndexNotSequential { .. } => "index",
+            ChainFailure::FirstHasPrevious | ChainFailure::PreviousMismatch { .. } => "previousChunkId",
+            ChainFailure::MissingCiphertext { .. } | ChainFailure::Read { .. } => "ciphertext",
+            ChainFailure::HashMismatch { .. } => "encryptedDataHash",
+            ChainFailure::ChunkIdMismatch { .. } => "chunkId",
+            ChainFailure::SignatureIdentity { .. } | ChainFailure::SignatureInvalid { .. } => "signature",
+            ChainFailure::UnexpectedDid { .. } => "expectedDid",
+            ChainFailure::UnexpectedKey { .. } | ChainFailure::SignerChanged { .. } => "signerKey",
+            ChainFailure::TotalChunks { .. } => "totalChunks",
+            ChainFailure::NoRecipient { .. } => "recipient",
+            ChainFailure::Decrypt { source, .. } => match source {
+                DecryptError::Unwrap | DecryptError::WrappedKeyHex(_) => "wrappedKey",
+                DecryptError::KeyCommitment => "keyCommitment",
+                DecryptError::Nonce(_) => "nonce",
+                DecryptError::Ciphertext => "decrypt",
+                DecryptError::PlaintextHash => "plaintextHash",
+            },
+            ChainFailure::SourceHash { .. } => "sourceHash",
+        }
+    }
+
+    /// The chunk index the failure is about, when there is one.
+    pub fn index(&self) -> Option<u64> {
+        match self {
+            ChainFailure::Empty | ChainFailure::FirstHasPrevious => Some(0),
+            ChainFailure::SourceHash { .. } => None,
+            ChainFailure::IndexNotSequential { index, .. }
+            | ChainFailure::PreviousMismatch { index }
+            | ChainFailure::MissingCiphertext { index }
+            | ChainFailure::HashMismatch { index }
+            | ChainFailure::ChunkIdMismatch { index }
+            | ChainFailure::SignatureIdentity { index }
+            | ChainFailure::SignatureInvalid { index }
+            | ChainFailure::UnexpectedDid { index, .. }
+            | ChainFailure::UnexpectedKey { index, .. }
+            | ChainFailure::SignerChanged { index, .. }
+            | ChainFailure::TotalChunks { index, .. }
+            | ChainFailure::NoRecipient { index }
+            | ChainFailure::Decrypt { index, .. }
+            | ChainFailure::Read { index, .. } => Some(*index),
+        }
+    }
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub total_chunks: u64,
+    /// Set when the chunks were decrypted: sha256 of the reassembled plaintext.
+    pub source_hash: Option<String>,
+    pub plaintext_bytes: Option<u64>,
+}
+
+/// Verifies `chunks` (sorted by index) reading each ciphertext through `ciphertext(index)`,
+/// one at a time, so memory stays bounded by one chunk. With a recipient, each decrypted
+/// plaintext is passed to `plaintext` in order.
+pub fn verify_chain(
+    chunks: &[ChunkEnvelope],
+    mut ciphertext: impl FnMut(u64) -> Result<Option<Vec<u8>>, String>,
+    options: &VerifyOptions<'_>,
+    mut plaintext: impl FnMut(u64, &[u8]),
+) -> Result<ChainReport, ChainFailure> {
+    if chunks.is_empty() {
+        return Err(ChainFailure::Empty);
+    }
+    let recipient_public = options.recipient.map(BoxKey::public_key);
+    let mut source = Sha256::new();
+    let mut plaintext_bytes = 0u64;
+    let mut expected_previous: Option<&str> = None;
+    for (position, chunk) in chunks.iter().enumerate() {
+        let index = position as u64;
+        if chunk.index != index {
+            return Err(ChainFailure::IndexNotSequential { index, found: chunk.index });
+        }
+        if index == 0 {
+            if chunk.previous_chunk_id.is_some() {
+                return Err(ChainFailure::FirstHasPrevious);
+            }
+        } else if chunk.previous_chunk_id.as_deref() != expected_previous {
+            return Err(ChainFailure::PreviousMismatch { index });
+        }
+        let data = ciphertext(index)
+            .map_err(|reason| ChainFailure::Read { index, reason })?
+            .ok_or(ChainFailure::MissingCiphertext { index })?;
+        let actual_hash = hexenc::digest_0x(&Sha256::digest(&data));
+        if chunk.encrypted_data_hash != actual_hash {
+            return Err(ChainFailure::HashMismatch { index });
+        }
+        if chunk.chunk_id != hexenc::chunk_id(chunk.previous_chunk_id.as_deref(), &chunk.encrypted_data_hash, index) {
+            return Err(ChainFailure::ChunkIdMismatch { index });
+        }
+        let signature = &chunk.signature;
+        if signature.machine_did.trim().is_empty() || signature.key_id.trim().is_empty() {
+            return Err(ChainFailure::SignatureIdentity { index });
+        }
+        let public_key = hexenc::decode_array::<32>("publicKeyHex", &signature.public_key_hex)
+            .map_err(|_| ChainFailure::SignatureInvalid { index })?;
+        if !ed25519_verifies(&public_key, &signature.value, &actual_hash) {
+            return Err(ChainFailure::SignatureInvalid { index });
+        }
+        // Beyond the reference.
+        if let Some(expected) = options.expect_did {
+            if signature.machine_did != expected {
+                return Err(ChainFailure::UnexpectedDid {
+                    index,
+                    found: signature.machine_did.clone(),
+                    expected: expected.to_string(),
+                });
+            }
+        }
+        if let Some(expected) = options.expect_public_key {
+            if public_key != expected {
+                return Err(ChainFailure::UnexpectedKey {
+                    index,
+                    found: hex::encode(public_key),
+                    expected: hex::encode(expected),
+                });
+            }
+        }
+        let first_key = &chunks[0].signature.public_key_hex;
+        if index > 0 && !signature.public_key_hex.eq_ignore_ascii_case(first_key) {
+            return Err(ChainFailure::SignerChanged {
+                index,
+                found: signature.public_key_hex.clone(),
+                first: first_key.clone(),
+            });
+        }
+        if let (Some(key), Some(public)) = (options.recipient, recipient_public.as_ref()) {
+            let entry = decrypt::recipient_for(chunk, public).ok_or(ChainFailure::NoRecipient { index })?;
+            let opened = decrypt::decrypt_chunk(chunk, entry, key, &data)
+                .map_err(|source| ChainFailure::Decrypt { index, source })?;
+            source.update(&opened);
+            plaintext_bytes += opened.len() as u64;
+            plaintext(index, &opened);
+        }
+        expected_previous = Some(&chunk.chunk_id);
+    }
+    let total = chunks.len() as u64;
+    if let Some(expected) = options.expect_total_chunks {
+        if expected != total {
+            return Err(ChainFailure::TotalChunks { index: expected.min(total), expected, found: total });
+        }
+    }
+    let mut report = ChainReport { total_chunks: total, source_hash: None, plaintext_bytes: None };
+    if options.recipient.is_some() {
+        let found = hexenc::digest_0x(&source.finalize());
+        if let Some(expected) = options.expect_source_hash {
+            if expected != found {
+                return Err(ChainFailure::SourceHash { expected: expected.to_string(), found });
+            }
+        }
+        report.source_hash = Some(found);
+        report.plaintext_bytes = Some(plaintext_bytes);
+    }
+    Ok(report)
+}
+
+fn ed25519_verifies(public_key: &[u8; 32], signature_hex: &str, message: &str) -> bool {
+    let Ok(signature) = hexenc::decode_array::<64>("value", signature_hex) else {
+        return false;
+    };
+    let Ok(key) = VerifyingKey::from_bytes(public_key) else {
+        return false;
+    };
+    key.verify_strict(message.as_bytes(), &Signature::from_bytes(&signature)).is_ok()
+}
