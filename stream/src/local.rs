@@ -26,6 +26,15 @@ impl LocalPackageSigner {
         let did = key.did();
         LocalPackageSigner { key, did }
     }
+
+    /// Signs as `did`, which must name this key's address (hex digits of either case).
+    pub fn with_did(key: IdentityKey, did: &str) -> Result<Self, SignerError> {
+        match package::address_of_did(did) {
+            Some(address) if address == key.address() => Ok(LocalPackageSigner { key, did: did.to_string() }),
+            Some(_) => Err(SignerError::Refused(format!("{did} is not the DID of the identity key ({})", key.did()))),
+            None => Err(SignerError::Refused(format!("{did:?} is not did:peaq:0x followed by 40 hex digits"))),
+        }
+    }
 }
 
 impl PackageSigner for LocalPackageSigner {

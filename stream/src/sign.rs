@@ -72,9 +72,9 @@ impl UnsignedMessage {
 
 /// Signs a batch. Per-message problems (a rule error) come back in that message's slot;
 /// a signer or encryptor failure fails the whole batch.
-pub fn sign_batch(
+pub fn sign_batch<'r>(
     messages: &[UnsignedMessage],
-    rules_of: impl Fn(&str) -> Option<&FieldRules>,
+    rules_of: impl Fn(&str) -> Option<&'r FieldRules>,
     signer: &dyn PackageSigner,
     encryptor: &dyn FieldEncryptor,
     signing_key_id: &str,

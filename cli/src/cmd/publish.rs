@@ -1,0 +1,224 @@
+//! `peaqos stream publish`: chunk, encrypt and sign a file into a published directory.
+//!
+//! A bounded pipeline: the reader (which also hashes the whole input for `sourceHash`)
+//! hands chunks to one sealing worker per core; a writer links them in order and writes
+//! each chunk atomically. At most `4 × jobs` chunks are in flight, so memory is bounded
+//! by the chunk size, not the input size.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use crossbeam_channel::{bounded, unbounded};
+use stream::chain::{seal_chunk, BuildError, ChainLinker, ChunkReader, SealedChunk};
+use stream::keys::ChainKey;
+use stream::layout::{self, Durability, Manifest};
+use stream::local::{LocalChunkKeys, LocalChunkSigner, RecipientSpec};
+use stream::signer::{ChunkHashSigner, ChunkKeySource};
+
+use crate::cli::PublishArgs;
+use crate::output::{check, input, print_json, CliError, CliResult, Output};
+
+pub fn run(args: PublishArgs, out: &Output) -> CliResult {
+    if args.s3.is_some() || args.s3_region.is_some() || args.s3_endpoint.is_some() {
+        return Err(CliError::Input("--s3 upload is not supported by this build; publish locally and upload the directory".into()));
+    }
+    if args.chunk_size == 0 {
+        return Err(CliError::Input("--chunk-size must be a positive integer".into()));
+    }
+    if args.machine_did.trim().is_empty() {
+        return Err(CliError::Input("--machine-did must not be empty".into()));
+    }
+    if args.machine_key_id.trim().is_empty() {
+        return Err(CliError::Input("--machine-key-id must not be empty".into()));
+    }
+    let recipients = vec![
+        RecipientSpec::new("owner-1", "owner", &args.owner_public_key).map_err(|e| input(format!("--owner-public-key: {}", e.reason)))?,
+        RecipientSpec::new("operator-1", "operator", &args.operator_public_key)
+            .map_err(|e| input(format!("--operator-public-key: {}", e.reason)))?,
+        RecipientSpec::new("machine-1", "machine", &args.machine_public_key)
+            .map_err(|e| input(format!("--machine-public-key: {}", e.reason)))?,
+    ];
+    let chain_key = ChainKey::from_secret(&super::read_key(&args.signing_key_file, "an Ed25519 signing key")?);
+    let signer = LocalChunkSigner::new(chain_key, args.machine_did.clone(), args.machine_key_id.clone());
+    let keys = LocalChunkKeys::new(recipients);
+
+    let file = File::open(&args.input).map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
+    let meta = file.metadata().map_err(|e| input(format!("{}: {e}", args.input.display())))?;
+    if !meta.is_file() {
+        return Err(input(format!("--input {} is not a file", args.input.display())));
+    }
+    let total_bytes = meta.len();
+    let estimate = total_bytes.div_ceil(args.chunk_size as u64).max(1);
+    out.say(format!("Chunking {total_bytes} bytes into {estimate} chunks..."));
+
+    std::fs::create_dir_all(&args.output_dir).map_err(|e| input(format!("cannot create {}: {e}", args.output_dir.display())))?;
+    // A run that fails half way must never look complete: the manifest goes last.
+    remove_if_present(&args.output_dir.join("manifest.json"))?;
+
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let durability = if args.fsync { Durability::Synced } else { Durability::Atomic };
+    let bar = out.progress(total_bytes, true, !args.json);
+    let published = publish_stream(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        args.chunk_size,
+        &keys,
+        &signer,
+        &args.output_dir,
+        durability,
+        jobs,
+        &|n| bar.inc(n),
+    )?;
+    bar.finish_and_clear();
+    remove_stale_chunks(&args.output_dir, published.total_chunks)?;
+
+    let manifest = Manifest::new(published.source_hash, published.total_chunks, args.chunk_size as u64, args.machine_did.clone());
+    let manifest_path = layout::write_manifest(&args.output_dir, &manifest, durability).map_err(check)?;
+
+    if args.json {
+        print_json(&serde_json::to_value(&manifest).map_err(check)?);
+    } else {
+        let dir = args.output_dir.display();
+        out.say(format!("\nPublished {} chunks to {dir}/\n", manifest.total_chunks));
+        out.say("  Schema:       peaq.stream.chunks.v1");
+        out.say(format!("  Source Hash:  {}", manifest.source_hash));
+        out.say(format!("  Chunk Size:   {} bytes", manifest.chunk_size));
+        out.say(format!("  Machine DID:  {}", manifest.machine_did));
+        out.say("");
+        out.say("  Files:");
+        for i in 0..manifest.total_chunks.min(20) {
+            out.say(format!("    chunk-{i}.json  chunk-{i}.bin"));
+        }
+        if manifest.total_chunks > 20 {
+            out.say(format!("    … and {} more chunk pairs", manifest.total_chunks - 20));
+        }
+        out.say("    manifest.json");
+        println!("{}", manifest_path.display());
+    }
+    Ok(())
+}
+
+/// What a publish produced.
+pub struct Published {
+    pub total_chunks: u64,
+    pub source_hash: String,
+}
+
+/// Chunks, seals, links and writes `input` into `dir` with `jobs` sealing workers.
+#[allow(clippy::too_many_arguments)]
+pub fn publish_stream(
+    input_stream: impl std::io::Read + Send,
+    chunk_size: usize,
+    keys: &dyn ChunkKeySource,
+    signer: &dyn ChunkHashSigner,
+    dir: &Path,
+    durability: Durability,
+    jobs: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Published, CliError> {
+    let max_in_flight = 4 * jobs;
+    let (token_tx, token_rx) = bounded::<()>(max_in_flight);
+    for _ in 0..max_in_flight {
+        let _ = token_tx.send(());
+    }
+    let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(2 * jobs);
+    let (done_tx, done_rx) = unbounded::<(u64, Result<SealedChunk, BuildError>)>();
+
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let work_rx = work_rx.clone();
+            let done_tx = done_tx.clone();
+            scope.spawn(move || {
+                for (index, plaintext) in work_rx {
+                    let sealed = keys
+                        .new_chunk_keys(1)
+                        .map_err(|source| BuildError::Signer { index, source })
+                        .and_then(|mut k| {
+                            let key = k.pop().ok_or(BuildError::Signer {
+                                index,
+                                source: stream::signer::SignerError::Unavailable("no chunk key returned".into()),
+                            })?;
+                            seal_chunk(plaintext, key, signer, index)
+                        });
+                    if done_tx.send((index, sealed)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        drop(work_rx);
+
+        let writer = scope.spawn(move || -> Result<u64, CliError> {
+            let mut linker = ChainLinker::new();
+            let mut waiting: BTreeMap<u64, SealedChunk> = BTreeMap::new();
+            for (index, sealed) in done_rx {
+                waiting.insert(index, sealed.map_err(check)?);
+                while let Some(sealed) = waiting.remove(&linker.next_index()) {
+                    let bytes = sealed.ciphertext.len() as u64 - 16;
+                    let (envelope, ciphertext) = linker.link(sealed);
+                    layout::write_chunk(dir, &envelope, &ciphertext, durability).map_err(check)?;
+                    progress(bytes);
+                    // Returning the token lets the reader take one more chunk (once the
+                    // reader is done, nobody takes it).
+                    let _ = token_tx.send(());
+                }
+            }
+            Ok(linker.next_index())
+        });
+
+        let mut reader = ChunkReader::new(input_stream, chunk_size);
+        let mut read_error = None;
+        let mut index = 0u64;
+        while token_rx.recv().is_ok() {
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => {
+                    if work_tx.send((index, chunk)).is_err() {
+                        break;
+                    }
+                    index += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(work_tx);
+        drop(token_rx);
+        let written = writer.join().map_err(|_| CliError::Check("the chunk writer panicked".into()))??;
+        if let Some(e) = read_error {
+            return Err(input(format!("reading --input: {e}")));
+        }
+        if written != index {
+            return Err(CliError::Check(format!("wrote {written} of {index} chunks")));
+        }
+        Ok(Published { total_chunks: written, source_hash: reader.source_hash() })
+    })
+}
+
+fn remove_if_present(path: &Path) -> Result<(), CliError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(input(format!("cannot remove {}: {e}", path.display()))),
+    }
+}
+
+/// Removes chunk files of an earlier, longer publish into the same directory.
+fn remove_stale_chunks(dir: &Path, total: u64) -> Result<(), CliError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| input(format!("{}: {e}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let index = name
+            .strip_prefix("chunk-")
+            .and_then(|rest| rest.strip_suffix(".json").or_else(|| rest.strip_suffix(".bin")))
+            .and_then(|n| n.parse::<u64>().ok());
+        if index.is_some_and(|i| i >= total) {
+            remove_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
+}
