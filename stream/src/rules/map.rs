@@ -108,7 +108,13 @@ impl TryFrom<String> for StrategyName {
 /// Parses map text; `origin` names the file in errors.
 pub fn parse_map(text: &str, origin: &str) -> Result<TopicRules, MapError> {
     let invalid = |message: String| MapError::Invalid { path: origin.to_string(), message };
-    let doc: MapDoc = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    // JSON is YAML, except that YAML has no surrogate-pair escapes (`\ud83d\ude00`):
+    // read a JSON document as JSON.
+    let doc: MapDoc = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?
+    } else {
+        serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?
+    };
     let mut by_topic = HashMap::new();
     for (i, topic) in doc.topics.into_iter().enumerate() {
         let rules = match topic.field_rules {

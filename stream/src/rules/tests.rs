@@ -115,5 +115,9 @@ fn map_file_errors_name_line_and_key() {
     assert!(err.to_string().contains("blur"), "{err}");
     let ok = parse_map(r#"{"topics":[{"topic":"/a","type":"std_msgs/msg/String","fieldRules":{"defaultAction":"exclude","rules":[{"fieldPath":"data","action":"include"}]}}]}"#, "m.json").unwrap();
     assert_eq!(ok.for_topic("/a").unwrap().rules.len(), 1);
+    let emoji = parse_map(r#"{"topics":[{"topic":"/a","field_rules":{"rules":[{"field_path":"\ud83d\ude00","action":"exclude"}]}}]}"#, "m.json").unwrap();
+    assert_eq!(emoji.for_topic("/a").unwrap().rules[0].field_path, "😀");
+    let err = parse_map("{\n\"topics\": [{\"topic\": \"/a\", \"field_rules\": {\"rulez\": []}}]}", "m.json").unwrap_err();
+    assert!(err.to_string().contains("rulez") && err.to_string().contains("line 2"), "{err}");
     assert!(ok.for_topic("/b").is_none());
 }
