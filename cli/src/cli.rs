@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "peaqos", version, about = "Publish, grant, consume, verify and sign peaq Stream data")]
+#[command(
+    name = "peaqos",
+    version,
+    about = "Publish, grant, consume, verify and sign peaq Stream data"
+)]
 pub struct Cli {
     /// Suppress progress and summaries on stderr.
     #[arg(short, long, global = true)]
@@ -15,6 +19,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum Command {
     /// Data streams: chunk chains, buyer access, signed packages.
     #[command(subcommand)]

@@ -18,7 +18,9 @@ fn main() {
         cli::Command::Stream(cli::StreamCommand::Consume(a)) => cmd::consume::run(a, &out),
         cli::Command::Stream(cli::StreamCommand::Verify(a)) => cmd::verify::run(a, &out),
         cli::Command::Stream(cli::StreamCommand::Sign(a)) => cmd::sign::run(a, &out),
-        cli::Command::Stream(cli::StreamCommand::VerifyPackages(a)) => cmd::verify_packages::run(a, &out),
+        cli::Command::Stream(cli::StreamCommand::VerifyPackages(a)) => {
+            cmd::verify_packages::run(a, &out)
+        }
         cli::Command::Keys(cli::KeysCommand::Generate(a)) => cmd::keys::run(a, &out),
     };
     if let Err(err) = result {

@@ -62,15 +62,22 @@ pub enum GrantError {
 
 /// Opens the chunk key with `key` (the recipient entry sealed to it), checks it against
 /// the chunk's commitment, and seals it to the buyer. Nothing is re-encrypted.
-pub fn grant_entry(chunk: &ChunkEnvelope, key: &BoxKey, buyer: &BuyerIdentity) -> Result<BuyerAccessEntry, GrantError> {
+pub fn grant_entry(
+    chunk: &ChunkEnvelope,
+    key: &BoxKey,
+    buyer: &BuyerIdentity,
+) -> Result<BuyerAccessEntry, GrantError> {
     let index = chunk.index;
     let public = key.public_key();
-    let recipient = chain::recipient_for(chunk, &public).ok_or_else(|| GrantError::NoRecipient {
-        index,
-        public_key: hex::encode(public),
-    })?;
-    let chunk_key = chain::unwrap_chunk_key(chunk, recipient, key).map_err(|source| GrantError::Open { index, source })?;
-    let wrapped = sealed::seal_key(&chunk_key, &buyer.public_key).map_err(|_| GrantError::Seal { index })?;
+    let recipient =
+        chain::recipient_for(chunk, &public).ok_or_else(|| GrantError::NoRecipient {
+            index,
+            public_key: hex::encode(public),
+        })?;
+    let chunk_key = chain::unwrap_chunk_key(chunk, recipient, key)
+        .map_err(|source| GrantError::Open { index, source })?;
+    let wrapped =
+        sealed::seal_key(&chunk_key, &buyer.public_key).map_err(|_| GrantError::Seal { index })?;
     Ok(BuyerAccessEntry {
         chunk_id: chunk.chunk_id.clone(),
         buyer: KeyRecipient {
@@ -119,7 +126,10 @@ fn measured_entry_len(entry: &BuyerAccessEntry) -> usize {
 fn measured_shell_len(buyer_public_key_hex: &str, file_index: usize) -> usize {
     let mut m = Map::new();
     m.insert("schema_version".into(), BUYER_ACCESS_SCHEMA_VERSION.into());
-    m.insert("file_name".into(), format!("{buyer_public_key_hex}-{file_index}.json").into());
+    m.insert(
+        "file_name".into(),
+        format!("{buyer_public_key_hex}-{file_index}.json").into(),
+    );
     m.insert("buyer_public_key_hex".into(), buyer_public_key_hex.into());
     m.insert("entries".into(), Value::Array(vec![]));
     compact(&Value::Object(m)).len()
@@ -131,7 +141,12 @@ fn file_text(buyer_public_key_hex: &str, entries: &[BuyerAccessEntry]) -> String
     m.insert("buyerPublicKeyHex".into(), buyer_public_key_hex.into());
     m.insert(
         "entries".into(),
-        Value::Array(entries.iter().map(|e| serde_json::to_value(e).expect("entries serialize")).collect()),
+        Value::Array(
+            entries
+                .iter()
+                .map(|e| serde_json::to_value(e).expect("entries serialize"))
+                .collect(),
+        ),
     );
     compact(&Value::Object(m))
 }
@@ -139,7 +154,11 @@ fn file_text(buyer_public_key_hex: &str, entries: &[BuyerAccessEntry]) -> String
 /// Packs entries into files named `{buyerPublicKeyHex}-{n}.json`, filled in order until the
 /// next entry would pass `max_file_size` in the reference's measure; each file holds at
 /// least one entry. Produces the same files as the reference, byte for byte.
-pub fn pack_files(buyer_public_key_hex: &str, entries: &[BuyerAccessEntry], max_file_size: usize) -> Vec<AccessFile> {
+pub fn pack_files(
+    buyer_public_key_hex: &str,
+    entries: &[BuyerAccessEntry],
+    max_file_size: usize,
+) -> Vec<AccessFile> {
     let mut files = Vec::new();
     let mut start = 0;
     let mut measured = 0; // sum of entry lengths + separating commas, of entries[start..i]
@@ -147,8 +166,14 @@ pub fn pack_files(buyer_public_key_hex: &str, entries: &[BuyerAccessEntry], max_
         let entry_len = measured_entry_len(entry);
         let with_entry = measured + entry_len + usize::from(i > start);
         let file_index = files.len() + 1;
-        if i > start && measured_shell_len(buyer_public_key_hex, file_index) + with_entry > max_file_size {
-            files.push(make_file(buyer_public_key_hex, file_index, &entries[start..i]));
+        if i > start
+            && measured_shell_len(buyer_public_key_hex, file_index) + with_entry > max_file_size
+        {
+            files.push(make_file(
+                buyer_public_key_hex,
+                file_index,
+                &entries[start..i],
+            ));
             start = i;
             measured = entry_len;
         } else {
@@ -156,12 +181,20 @@ pub fn pack_files(buyer_public_key_hex: &str, entries: &[BuyerAccessEntry], max_
         }
     }
     if start < entries.len() {
-        files.push(make_file(buyer_public_key_hex, files.len() + 1, &entries[start..]));
+        files.push(make_file(
+            buyer_public_key_hex,
+            files.len() + 1,
+            &entries[start..],
+        ));
     }
     files
 }
 
-fn make_file(buyer_public_key_hex: &str, file_index: usize, entries: &[BuyerAccessEntry]) -> AccessFile {
+fn make_file(
+    buyer_public_key_hex: &str,
+    file_index: usize,
+    entries: &[BuyerAccessEntry],
+) -> AccessFile {
     AccessFile {
         file_name: format!("{buyer_public_key_hex}-{file_index}.json"),
         text: file_text(buyer_public_key_hex, entries),
@@ -186,8 +219,14 @@ pub enum AccessReadError {
 
 /// Reads every `*.json` access file in `dir` and returns the entries of `buyer_id`,
 /// by chunk id. Every entry of every file is validated, as the reference does.
-pub fn read_access_dir(dir: &Path, buyer_id: &str) -> Result<HashMap<String, KeyRecipient>, AccessReadError> {
-    let io = |path: &Path, source| AccessReadError::Io { path: path.display().to_string(), source };
+pub fn read_access_dir(
+    dir: &Path,
+    buyer_id: &str,
+) -> Result<HashMap<String, KeyRecipient>, AccessReadError> {
+    let io = |path: &Path, source| AccessReadError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut paths: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -199,13 +238,22 @@ pub fn read_access_dir(dir: &Path, buyer_id: &str) -> Result<HashMap<String, Key
     }
     let mut out = HashMap::new();
     for path in paths {
-        let invalid = |reason: String| AccessReadError::Invalid { path: path.display().to_string(), reason };
+        let invalid = |reason: String| AccessReadError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
         let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
         let doc = json::parse_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        let obj = doc.as_object().ok_or_else(|| invalid("expected a JSON object".into()))?;
+        let obj = doc
+            .as_object()
+            .ok_or_else(|| invalid("expected a JSON object".into()))?;
         match obj.get("schemaVersion").and_then(Value::as_str) {
             Some(BUYER_ACCESS_SCHEMA_VERSION) => {}
-            other => return Err(invalid(format!("unsupported schemaVersion {other:?} (expected {BUYER_ACCESS_SCHEMA_VERSION:?})"))),
+            other => {
+                return Err(invalid(format!(
+                "unsupported schemaVersion {other:?} (expected {BUYER_ACCESS_SCHEMA_VERSION:?})"
+            )))
+            }
         }
         if !obj.get("buyerPublicKeyHex").is_some_and(Value::is_string) {
             return Err(invalid("missing buyerPublicKeyHex".into()));
@@ -215,7 +263,8 @@ pub fn read_access_dir(dir: &Path, buyer_id: &str) -> Result<HashMap<String, Key
             .and_then(Value::as_array)
             .ok_or_else(|| invalid("missing or invalid entries".into()))?;
         for (i, entry) in entries.iter().enumerate() {
-            let entry: BuyerAccessEntry = serde_json::from_value(entry.clone()).map_err(|e| invalid(format!("entry {i}: {e}")))?;
+            let entry: BuyerAccessEntry = serde_json::from_value(entry.clone())
+                .map_err(|e| invalid(format!("entry {i}: {e}")))?;
             if entry.chunk_id.is_empty() {
                 return Err(invalid(format!("entry {i}: empty chunkId")));
             }

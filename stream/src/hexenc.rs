@@ -13,7 +13,7 @@ pub struct HexError {
 /// Decodes hex with an optional `0x` prefix (either case of digits), as the reference does.
 pub fn decode(field: &str, text: &str) -> Result<Vec<u8>, HexError> {
     let body = text.strip_prefix("0x").unwrap_or(text);
-    if body.is_empty() || body.len() % 2 != 0 {
+    if body.is_empty() || !body.len().is_multiple_of(2) {
         return Err(HexError {
             field: field.to_string(),
             reason: "expected an even-length, non-empty hex string",
@@ -63,7 +63,12 @@ fn prefixed_hex(prefix: &str, bytes: &[u8]) -> String {
 
 /// `chunkId` = `0x` + sha256 hex of `"{previous or ''}|{encryptedDataHash}|{index}"`.
 pub fn chunk_id(previous: Option<&str>, encrypted_data_hash: &str, index: u64) -> String {
-    let material = format!("{}|{}|{}", previous.unwrap_or(""), encrypted_data_hash, index);
+    let material = format!(
+        "{}|{}|{}",
+        previous.unwrap_or(""),
+        encrypted_data_hash,
+        index
+    );
     sha256_0x(material.as_bytes())
 }
 
@@ -71,7 +76,9 @@ pub fn chunk_id(previous: Option<&str>, encrypted_data_hash: &str, index: u64) -
 pub fn is_0x_sha256_lower(s: &str) -> bool {
     s.len() == 66
         && s.starts_with("0x")
-        && s[2..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && s[2..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

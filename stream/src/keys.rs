@@ -71,10 +71,12 @@ pub fn parse_secret_hex(text: &str) -> Option<Secret32> {
 
 /// Reads a key file holding one 32-byte secret as hex.
 pub fn read_secret_file(path: &Path, what: &'static str) -> Result<Secret32, KeyError> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: path.display().to_string(),
-        source,
-    })?);
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?,
+    );
     parse_secret_hex(&text).ok_or_else(|| KeyError::Format {
         path: path.display().to_string(),
         what,
@@ -116,8 +118,11 @@ pub struct IdentityKey {
 
 impl IdentityKey {
     pub fn from_secret(secret: &Secret32) -> Result<Self, KeyError> {
-        let key = k256::ecdsa::SigningKey::from_slice(secret.expose())
-            .map_err(|_| KeyError::Invalid { what: "secp256k1 identity key" })?;
+        let key = k256::ecdsa::SigningKey::from_slice(secret.expose()).map_err(|_| {
+            KeyError::Invalid {
+                what: "secp256k1 identity key",
+            }
+        })?;
         Ok(IdentityKey { key })
     }
     pub fn signing_key(&self) -> &k256::ecdsa::SigningKey {
@@ -137,7 +142,9 @@ impl IdentityKey {
 
 impl fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentityKey").field("did", &self.did()).finish_non_exhaustive()
+        f.debug_struct("IdentityKey")
+            .field("did", &self.did())
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,7 +155,9 @@ pub struct ChainKey {
 
 impl ChainKey {
     pub fn from_secret(secret: &Secret32) -> Self {
-        ChainKey { key: ed25519_dalek::SigningKey::from_bytes(secret.expose()) }
+        ChainKey {
+            key: ed25519_dalek::SigningKey::from_bytes(secret.expose()),
+        }
     }
     pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         &self.key
@@ -160,7 +169,9 @@ impl ChainKey {
 
 impl fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChainKey").field("public_key", &self.public_key_hex()).finish_non_exhaustive()
+        f.debug_struct("ChainKey")
+            .field("public_key", &self.public_key_hex())
+            .finish_non_exhaustive()
     }
 }
 
@@ -171,7 +182,9 @@ pub struct BoxKey {
 
 impl BoxKey {
     pub fn from_secret(secret: &Secret32) -> Self {
-        BoxKey { secret: x25519_dalek::StaticSecret::from(*secret.expose()) }
+        BoxKey {
+            secret: x25519_dalek::StaticSecret::from(*secret.expose()),
+        }
     }
     pub fn public_key(&self) -> [u8; 32] {
         x25519_dalek::PublicKey::from(&self.secret).to_bytes()
@@ -186,7 +199,9 @@ impl BoxKey {
 
 impl fmt::Debug for BoxKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BoxKey").field("public_key", &self.public_key_hex()).finish_non_exhaustive()
+        f.debug_struct("BoxKey")
+            .field("public_key", &self.public_key_hex())
+            .finish_non_exhaustive()
     }
 }
 

@@ -26,7 +26,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn new(source_hash: String, total_chunks: u64, chunk_size: u64, machine_did: String) -> Self {
+    pub fn new(
+        source_hash: String,
+        total_chunks: u64,
+        chunk_size: u64,
+        machine_did: String,
+    ) -> Self {
         Manifest {
             schema_version: CHUNK_SCHEMA_VERSION.into(),
             source_hash,
@@ -40,7 +45,8 @@ impl Manifest {
     /// `json.dumps(manifest, indent=2) + "\n"`.
     pub fn to_file_text(&self) -> String {
         let value = serde_json::to_value(self).expect("a manifest always serializes");
-        let mut text = json::python_dumps(&value, Layout::Indent2).expect("a manifest holds no floats");
+        let mut text =
+            json::python_dumps(&value, Layout::Indent2).expect("a manifest holds no floats");
         text.push('\n');
         text
     }
@@ -93,7 +99,10 @@ pub enum LayoutError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
-    move |source| LayoutError::Io { path: path.display().to_string(), source }
+    move |source| LayoutError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Whether writes are flushed to stable storage before the rename.
@@ -106,7 +115,12 @@ pub enum Durability {
 }
 
 /// Writes `bytes` to `dir/name` atomically.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durability: Durability) -> Result<(), LayoutError> {
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    durability: Durability,
+) -> Result<(), LayoutError> {
     let target = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -129,19 +143,41 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], durability: Durability
 }
 
 /// Writes one chunk: `chunk-{i}.bin`, then `chunk-{i}.json`.
-pub fn write_chunk(dir: &Path, envelope: &ChunkEnvelope, ciphertext: &[u8], durability: Durability) -> Result<(), LayoutError> {
+pub fn write_chunk(
+    dir: &Path,
+    envelope: &ChunkEnvelope,
+    ciphertext: &[u8],
+    durability: Durability,
+) -> Result<(), LayoutError> {
     let index = envelope.index;
     write_atomic(dir, &format!("chunk-{index}.bin"), ciphertext, durability)?;
     let text = envelope.to_file_text().map_err(|e| LayoutError::Invalid {
-        path: dir.join(format!("chunk-{index}.json")).display().to_string(),
+        path: dir
+            .join(format!("chunk-{index}.json"))
+            .display()
+            .to_string(),
         reason: e.to_string(),
     })?;
-    write_atomic(dir, &format!("chunk-{index}.json"), text.as_bytes(), durability)
+    write_atomic(
+        dir,
+        &format!("chunk-{index}.json"),
+        text.as_bytes(),
+        durability,
+    )
 }
 
 /// Writes `manifest.json`.
-pub fn write_manifest(dir: &Path, manifest: &Manifest, durability: Durability) -> Result<PathBuf, LayoutError> {
-    write_atomic(dir, "manifest.json", manifest.to_file_text().as_bytes(), durability)?;
+pub fn write_manifest(
+    dir: &Path,
+    manifest: &Manifest,
+    durability: Durability,
+) -> Result<PathBuf, LayoutError> {
+    write_atomic(
+        dir,
+        "manifest.json",
+        manifest.to_file_text().as_bytes(),
+        durability,
+    )?;
     Ok(dir.join("manifest.json"))
 }
 
@@ -153,9 +189,14 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>, LayoutError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(&path)(e)),
     };
-    let invalid = |reason: String| LayoutError::Invalid { path: path.display().to_string(), reason };
+    let invalid = |reason: String| LayoutError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    };
     let value = json::parse_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    serde_json::from_value(value).map(Some).map_err(|e| invalid(e.to_string()))
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| invalid(e.to_string()))
 }
 
 /// Reads every `chunk-*.json` envelope in `dir`, sorted by `index`. Gaps and duplicates are
@@ -177,8 +218,11 @@ pub fn read_chunks(dir: &Path) -> Result<Vec<ChunkEnvelope>, LayoutError> {
     let mut chunks = Vec::with_capacity(paths.len());
     for path in paths {
         let bytes = fs::read(&path).map_err(io_error(&path))?;
-        let envelope = ChunkEnvelope::from_json(&bytes)
-            .map_err(|source| LayoutError::Envelope { path: path.display().to_string(), source })?;
+        let envelope =
+            ChunkEnvelope::from_json(&bytes).map_err(|source| LayoutError::Envelope {
+                path: path.display().to_string(),
+                source,
+            })?;
         chunks.push(envelope);
     }
     chunks.sort_by_key(|c| c.index);

@@ -30,9 +30,17 @@ impl LocalPackageSigner {
     /// Signs as `did`, which must name this key's address (hex digits of either case).
     pub fn with_did(key: IdentityKey, did: &str) -> Result<Self, SignerError> {
         match package::address_of_did(did) {
-            Some(address) if address == key.address() => Ok(LocalPackageSigner { key, did: did.to_string() }),
-            Some(_) => Err(SignerError::Refused(format!("{did} is not the DID of the identity key ({})", key.did()))),
-            None => Err(SignerError::Refused(format!("{did:?} is not did:peaq:0x followed by 40 hex digits"))),
+            Some(address) if address == key.address() => Ok(LocalPackageSigner {
+                key,
+                did: did.to_string(),
+            }),
+            Some(_) => Err(SignerError::Refused(format!(
+                "{did} is not the DID of the identity key ({})",
+                key.did()
+            ))),
+            None => Err(SignerError::Refused(format!(
+                "{did:?} is not did:peaq:0x followed by 40 hex digits"
+            ))),
         }
     }
 }
@@ -42,7 +50,10 @@ impl PackageSigner for LocalPackageSigner {
         &self.did
     }
     fn sign_envelopes(&self, envelopes: &[&[u8]]) -> Result<Vec<[u8; 65]>, SignerError> {
-        Ok(envelopes.iter().map(|m| package::sign_eip191(self.key.signing_key(), m)).collect())
+        Ok(envelopes
+            .iter()
+            .map(|m| package::sign_eip191(self.key.signing_key(), m))
+            .collect())
     }
 }
 
@@ -56,7 +67,14 @@ pub struct LocalChunkSigner {
 impl LocalChunkSigner {
     pub fn new(key: ChainKey, machine_did: String, key_id: String) -> Self {
         let public_key_hex = key.public_key_hex();
-        LocalChunkSigner { key, identity: ChunkSignerIdentity { machine_did, key_id, public_key_hex } }
+        LocalChunkSigner {
+            key,
+            identity: ChunkSignerIdentity {
+                machine_did,
+                key_id,
+                public_key_hex,
+            },
+        }
     }
 }
 
@@ -70,7 +88,10 @@ impl ChunkHashSigner for LocalChunkSigner {
             .enumerate()
             .map(|(index, h)| {
                 if !hexenc::is_0x_sha256_lower(h) {
-                    return Err(SignerError::Item { index, reason: "not 0x + 64 lowercase hex digits".into() });
+                    return Err(SignerError::Item {
+                        index,
+                        reason: "not 0x + 64 lowercase hex digits".into(),
+                    });
                 }
                 Ok(self.key.signing_key().sign(h.as_bytes()).to_bytes())
             })
@@ -89,7 +110,11 @@ pub struct RecipientSpec {
 }
 
 impl RecipientSpec {
-    pub fn new(recipient_id: &str, recipient_type: &str, public_key_hex: &str) -> Result<Self, crate::hexenc::HexError> {
+    pub fn new(
+        recipient_id: &str,
+        recipient_type: &str,
+        public_key_hex: &str,
+    ) -> Result<Self, crate::hexenc::HexError> {
         Ok(RecipientSpec {
             recipient_id: recipient_id.into(),
             recipient_type: recipient_type.into(),
@@ -129,7 +154,11 @@ impl ChunkKeySource for LocalChunkKeys {
                         })
                     })
                     .collect::<Result<Vec<_>, KeyError>>()?;
-                Ok(ChunkKey { commitment: hexenc::key_commitment(key.expose()), key, recipients })
+                Ok(ChunkKey {
+                    commitment: hexenc::key_commitment(key.expose()),
+                    key,
+                    recipients,
+                })
             })
             .collect()
     }
@@ -148,12 +177,19 @@ impl LocalGranter {
 }
 
 impl ChunkKeyGranter for LocalGranter {
-    fn grant(&self, chunks: &[ChunkEnvelope], buyer: &BuyerIdentity) -> Result<Vec<BuyerAccessEntry>, SignerError> {
+    fn grant(
+        &self,
+        chunks: &[ChunkEnvelope],
+        buyer: &BuyerIdentity,
+    ) -> Result<Vec<BuyerAccessEntry>, SignerError> {
         chunks
             .iter()
             .enumerate()
             .map(|(index, chunk)| {
-                access::grant_entry(chunk, &self.key, buyer).map_err(|e| SignerError::Item { index, reason: e.to_string() })
+                access::grant_entry(chunk, &self.key, buyer).map_err(|e| SignerError::Item {
+                    index,
+                    reason: e.to_string(),
+                })
             })
             .collect()
     }
@@ -166,7 +202,9 @@ pub struct LocalFieldEncryptor {
 
 impl LocalFieldEncryptor {
     pub fn new(key: &Secret32) -> Self {
-        LocalFieldEncryptor { cipher: Aes256Gcm::new(key.expose().into()) }
+        LocalFieldEncryptor {
+            cipher: Aes256Gcm::new(key.expose().into()),
+        }
     }
 }
 
@@ -186,13 +224,18 @@ pub fn encrypt_field(cipher: &Aes256Gcm, plaintext: &[u8]) -> Result<String, Key
     packed.extend_from_slice(plaintext);
     let tag = cipher
         .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut packed[12..])
-        .map_err(|_| KeyError::Invalid { what: "field plaintext" })?;
+        .map_err(|_| KeyError::Invalid {
+            what: "field plaintext",
+        })?;
     packed.extend_from_slice(&tag);
     Ok(base64::engine::general_purpose::STANDARD.encode(packed))
 }
 
 impl FieldEncryptor for LocalFieldEncryptor {
     fn encrypt_fields(&self, plaintexts: &[&[u8]]) -> Result<Vec<String>, SignerError> {
-        plaintexts.iter().map(|p| encrypt_field(&self.cipher, p).map_err(SignerError::from)).collect()
+        plaintexts
+            .iter()
+            .map(|p| encrypt_field(&self.cipher, p).map_err(SignerError::from))
+            .collect()
     }
 }

@@ -17,7 +17,10 @@ pub enum PackageError {
     #[error("package field `{0}` is missing")]
     Missing(&'static str),
     #[error("package field `{field}` must be {expected}")]
-    WrongType { field: &'static str, expected: &'static str },
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
     #[error("DID {0:?} is not did:peaq:0x followed by 40 hex digits")]
     BadDid(String),
     #[error("signature is not 65 bytes of hex (r, s, v)")]
@@ -149,10 +152,13 @@ impl DataPackage {
         let map = value.as_object().ok_or(PackageError::NotAnObject)?;
         let get = |field: &'static str| map.get(field).ok_or(PackageError::Missing(field));
         let string = |field: &'static str| -> Result<String, PackageError> {
-            get(field)?.as_str().map(str::to_string).ok_or(PackageError::WrongType {
-                field,
-                expected: "a string",
-            })
+            get(field)?
+                .as_str()
+                .map(str::to_string)
+                .ok_or(PackageError::WrongType {
+                    field,
+                    expected: "a string",
+                })
         };
         let signing_key_id = match map.get("signingKeyId") {
             None | Some(Value::Null) => None,
@@ -186,7 +192,9 @@ impl DataPackage {
         map.insert("signature".into(), Value::String(self.signature.clone()));
         map.insert(
             "signingKeyId".into(),
-            self.signing_key_id.clone().map_or(Value::Null, Value::String),
+            self.signing_key_id
+                .clone()
+                .map_or(Value::Null, Value::String),
         );
         Value::Object(map)
     }
@@ -228,7 +236,8 @@ impl DataPackage {
 
     /// Verifies as the reference does: recover the signer and compare with the DID's address.
     pub fn verify(&self) -> Result<(), PackageError> {
-        let expected = address_of_did(&self.did).ok_or_else(|| PackageError::BadDid(self.did.clone()))?;
+        let expected =
+            address_of_did(&self.did).ok_or_else(|| PackageError::BadDid(self.did.clone()))?;
         let message = self.envelope_bytes()?;
         let recovered = recover_signer(&message, &self.signature)?;
         if recovered != expected {
@@ -277,7 +286,8 @@ mod tests {
                 signing_key_id: Some("k".into()),
             };
             package.verify().unwrap();
-            let reparsed = DataPackage::from_value(&parse(&package.to_json_line().unwrap()).unwrap()).unwrap();
+            let reparsed =
+                DataPackage::from_value(&parse(&package.to_json_line().unwrap()).unwrap()).unwrap();
             reparsed.verify().unwrap();
         }
     }
@@ -301,11 +311,17 @@ mod tests {
         package.verify().unwrap();
         // 1.0 is not 1.
         package.sequence_number = parse("1.0").unwrap();
-        assert!(matches!(package.verify(), Err(PackageError::SignerMismatch { .. })));
+        assert!(matches!(
+            package.verify(),
+            Err(PackageError::SignerMismatch { .. })
+        ));
         package.sequence_number = Value::from(1u8);
         // The DID is part of what is signed: another spelling is another message.
         package.did = did.to_uppercase().replace("DID:PEAQ:0X", "did:peaq:0x");
-        assert!(matches!(package.verify(), Err(PackageError::SignerMismatch { .. })));
+        assert!(matches!(
+            package.verify(),
+            Err(PackageError::SignerMismatch { .. })
+        ));
         package.did = "did:peaq:0x1234".into();
         assert!(matches!(package.verify(), Err(PackageError::BadDid(_))));
     }
@@ -318,7 +334,10 @@ mod tests {
         let expected = address_of(key.verifying_key());
         let mut v01 = sig;
         v01[64] -= 27;
-        assert_eq!(recover_signer(message, &hex::encode(v01)).unwrap(), expected);
+        assert_eq!(
+            recover_signer(message, &hex::encode(v01)).unwrap(),
+            expected
+        );
         // Flip to high s: s' = n - s, parity flips.
         let s = Signature::from_slice(&sig[..64]).unwrap();
         let (r, s_scalar) = s.split_scalars();
@@ -326,6 +345,9 @@ mod tests {
         let mut raw = [0u8; 65];
         raw[..64].copy_from_slice(&high.to_bytes());
         raw[64] = if sig[64] == 27 { 28 } else { 27 };
-        assert_eq!(recover_signer(message, &hex::encode(raw)).unwrap(), expected);
+        assert_eq!(
+            recover_signer(message, &hex::encode(raw)).unwrap(),
+            expected
+        );
     }
 }

@@ -25,7 +25,10 @@ pub enum MessageError {
     #[error("expected a JSON object")]
     NotAnObject,
     #[error("field `{field}` {problem}")]
-    Field { field: &'static str, problem: &'static str },
+    Field {
+        field: &'static str,
+        problem: &'static str,
+    },
     #[error(transparent)]
     Rule(#[from] RuleError),
     #[error("envelope: {0}")]
@@ -42,19 +45,34 @@ impl UnsignedMessage {
         let Value::Object(mut map) = value else {
             return Err(MessageError::NotAnObject);
         };
-        let mut take = |field: &'static str| map.shift_remove(field).ok_or(MessageError::Field { field, problem: "is missing" });
+        let mut take = |field: &'static str| {
+            map.shift_remove(field).ok_or(MessageError::Field {
+                field,
+                problem: "is missing",
+            })
+        };
         let string = |field: &'static str, v: Value| match v {
             Value::String(s) => Ok(s),
-            _ => Err(MessageError::Field { field, problem: "must be a string" }),
+            _ => Err(MessageError::Field {
+                field,
+                problem: "must be a string",
+            }),
         };
         let topic = string("topic", take("topic")?)?;
         let fields = match take("fields")? {
             Value::Object(m) => m,
-            _ => return Err(MessageError::Field { field: "fields", problem: "must be an object" }),
+            _ => {
+                return Err(MessageError::Field {
+                    field: "fields",
+                    problem: "must be an object",
+                })
+            }
         };
         let captured_at = string("capturedAt", take("capturedAt")?)?;
         let sequence_number = match take("sequenceNumber")? {
-            Value::Number(n) if matches!(json::py_number(&n), PyNumber::Int(t) if !t.starts_with('-')) => n,
+            Value::Number(n) if matches!(json::py_number(&n), PyNumber::Int(t) if !t.starts_with('-')) => {
+                n
+            }
             _ => {
                 return Err(MessageError::Field {
                     field: "sequenceNumber",
@@ -64,9 +82,18 @@ impl UnsignedMessage {
         };
         let schema_version = string("schemaVersion", take("schemaVersion")?)?;
         if schema_version.trim().is_empty() {
-            return Err(MessageError::Field { field: "schemaVersion", problem: "must not be empty" });
+            return Err(MessageError::Field {
+                field: "schemaVersion",
+                problem: "must not be empty",
+            });
         }
-        Ok(UnsignedMessage { topic, fields, captured_at, sequence_number, schema_version })
+        Ok(UnsignedMessage {
+            topic,
+            fields,
+            captured_at,
+            sequence_number,
+            schema_version,
+        })
     }
 }
 
@@ -82,7 +109,10 @@ pub fn sign_batch<'r>(
     let no_rules = FieldRules::default();
     let ruled: Vec<Result<rules::Ruled, MessageError>> = messages
         .iter()
-        .map(|m| rules::apply(&m.fields, rules_of(&m.topic).unwrap_or(&no_rules)).map_err(MessageError::from))
+        .map(|m| {
+            rules::apply(&m.fields, rules_of(&m.topic).unwrap_or(&no_rules))
+                .map_err(MessageError::from)
+        })
         .collect();
 
     // One encryption call for every encrypted field of the batch.
@@ -99,7 +129,8 @@ pub fn sign_batch<'r>(
     .into_iter();
 
     let did = signer.did().to_string();
-    let mut results: Vec<Result<(Value, Vec<u8>), MessageError>> = Vec::with_capacity(messages.len());
+    let mut results: Vec<Result<(Value, Vec<u8>), MessageError>> =
+        Vec::with_capacity(messages.len());
     for (message, ruled) in messages.iter().zip(ruled) {
         results.push(ruled.and_then(|r| {
             let n = r.pending.len();
@@ -111,13 +142,18 @@ pub fn sign_batch<'r>(
                 &Value::Number(message.sequence_number.clone()),
                 &payload,
             );
-            let bytes = json::canonical_bytes(&envelope).map_err(|e| MessageError::Canonical(e.to_string()))?;
+            let bytes = json::canonical_bytes(&envelope)
+                .map_err(|e| MessageError::Canonical(e.to_string()))?;
             Ok((payload, bytes))
         }));
     }
 
     // One signing call for every envelope of the batch.
-    let envelopes: Vec<&[u8]> = results.iter().flatten().map(|(_, b)| b.as_slice()).collect();
+    let envelopes: Vec<&[u8]> = results
+        .iter()
+        .flatten()
+        .map(|(_, b)| b.as_slice())
+        .collect();
     let mut signatures = signer.sign_envelopes(&envelopes)?.into_iter();
     if signatures.len() != envelopes.len() {
         return Err(SignerError::Unavailable(format!(

@@ -22,13 +22,19 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
             "--download-url is not supported by this build; download the package and pass --chunk-dir, --access-dir and --data-dir".into(),
         ));
     }
-    let need = |dir: &Option<std::path::PathBuf>, flag: &str| -> Result<std::path::PathBuf, CliError> {
-        let dir = dir.clone().ok_or_else(|| CliError::Input(format!("{flag} is required")))?;
-        if !dir.is_dir() {
-            return Err(CliError::Input(format!("{flag} directory does not exist: {}", dir.display())));
-        }
-        Ok(dir)
-    };
+    let need =
+        |dir: &Option<std::path::PathBuf>, flag: &str| -> Result<std::path::PathBuf, CliError> {
+            let dir = dir
+                .clone()
+                .ok_or_else(|| CliError::Input(format!("{flag} is required")))?;
+            if !dir.is_dir() {
+                return Err(CliError::Input(format!(
+                    "{flag} directory does not exist: {}",
+                    dir.display()
+                )));
+            }
+            Ok(dir)
+        };
     let chunk_dir = need(&args.chunk_dir, "--chunk-dir")?;
     let access_dir = need(&args.access_dir, "--access-dir")?;
     let data_dir = need(&args.data_dir, "--data-dir")?;
@@ -37,7 +43,10 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
         return Err(CliError::Input("--buyer-id must not be empty".into()));
     }
     if args.output.is_dir() {
-        return Err(CliError::Input(format!("--output must be a file path, not a directory: {}", args.output.display())));
+        return Err(CliError::Input(format!(
+            "--output must be a file path, not a directory: {}",
+            args.output.display()
+        )));
     }
     let buyer_key = super::read_box_key(&args.buyer_private_key_file, "an X25519 private key")?;
     let expect_public_key = args
@@ -49,7 +58,8 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
     let chunks = layout::read_chunks(&chunk_dir).map_err(input)?;
     let access = read_access_dir(&access_dir, buyer_id).map_err(input)?;
     let manifest = layout::read_manifest(&chunk_dir).map_err(input)?;
-    let read_bin = |index: u64| layout::read_ciphertext(&data_dir, index).map_err(|e| e.to_string());
+    let read_bin =
+        |index: u64| layout::read_ciphertext(&data_dir, index).map_err(|e| e.to_string());
 
     let verified = !args.skip_verify;
     if verified {
@@ -59,9 +69,13 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
             expect_total_chunks: manifest.as_ref().map(|m| m.total_chunks),
             ..VerifyOptions::default()
         };
-        let report = verify_chain(&chunks, read_bin, &options, |_, _| {}).map_err(|f| check(format!("chain verification failed: {f}")))?;
+        let report = verify_chain(&chunks, read_bin, &options, |_, _| {})
+            .map_err(|f| check(format!("chain verification failed: {f}")))?;
         if !args.json {
-            out.say(format!("Verifying chain... \u{2713} {} chunks valid.", report.total_chunks));
+            out.say(format!(
+                "Verifying chain... \u{2713} {} chunks valid.",
+                report.total_chunks
+            ));
         }
     }
 
@@ -69,23 +83,32 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| input(format!("cannot create {}: {e}", parent.display())))?;
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| input(format!("cannot create {}: {e}", parent.display())))?;
     let mut temp = tempfile_in(&parent)?;
     let mut source = Sha256::new();
     let mut total_bytes = 0u64;
     let bar = out.progress(chunks.len() as u64, false, !args.json);
     for chunk in &chunks {
         let index = chunk.index;
-        let entry = access
-            .get(&chunk.chunk_id)
-            .ok_or_else(|| check(format!("chunk {index}: no buyer access for {} ({})", buyer_id, chunk.chunk_id)))?;
-        let data = read_bin(index)
-            .map_err(input)?
-            .ok_or_else(|| check(format!("chunk {index}: missing encrypted data chunk-{index}.bin")))?;
-        let plaintext = chain::decrypt_chunk(chunk, entry, &buyer_key, &data).map_err(|e| check(format!("chunk {index}: {e}")))?;
+        let entry = access.get(&chunk.chunk_id).ok_or_else(|| {
+            check(format!(
+                "chunk {index}: no buyer access for {} ({})",
+                buyer_id, chunk.chunk_id
+            ))
+        })?;
+        let data = read_bin(index).map_err(input)?.ok_or_else(|| {
+            check(format!(
+                "chunk {index}: missing encrypted data chunk-{index}.bin"
+            ))
+        })?;
+        let plaintext = chain::decrypt_chunk(chunk, entry, &buyer_key, &data)
+            .map_err(|e| check(format!("chunk {index}: {e}")))?;
         source.update(&plaintext);
         total_bytes += plaintext.len() as u64;
-        temp.1.write_all(&plaintext).map_err(|e| input(format!("writing {}: {e}", temp.0.display())))?;
+        temp.1
+            .write_all(&plaintext)
+            .map_err(|e| input(format!("writing {}: {e}", temp.0.display())))?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -98,10 +121,16 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
             )));
         }
     }
-    temp.1.sync_all().map_err(|e| input(format!("writing {}: {e}", temp.0.display())))?;
-    std::fs::rename(&temp.0, &args.output).map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
+    temp.1
+        .sync_all()
+        .map_err(|e| input(format!("writing {}: {e}", temp.0.display())))?;
+    std::fs::rename(&temp.0, &args.output)
+        .map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
 
-    let manifest_hash = manifest.as_ref().map(|m| m.source_hash.clone()).unwrap_or_default();
+    let manifest_hash = manifest
+        .as_ref()
+        .map(|m| m.source_hash.clone())
+        .unwrap_or_default();
     if args.json {
         print_json(&json!({
             "output": args.output.display().to_string(),
@@ -113,7 +142,10 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
         }));
     } else {
         out.say("");
-        out.say(format!("Reassembled {total_bytes} bytes to {}", args.output.display()));
+        out.say(format!(
+            "Reassembled {total_bytes} bytes to {}",
+            args.output.display()
+        ));
         out.say("");
         out.say(format!("  Source Hash:  {manifest_hash}"));
         out.say(format!("  Chunks:       {}", chunks.len()));
@@ -134,6 +166,7 @@ impl Drop for TempOut {
 
 fn tempfile_in(dir: &std::path::Path) -> Result<TempOut, CliError> {
     let path = dir.join(format!(".peaqos-consume-{}.tmp", std::process::id()));
-    let file = std::fs::File::create(&path).map_err(|e| input(format!("cannot write in {}: {e}", dir.display())))?;
+    let file = std::fs::File::create(&path)
+        .map_err(|e| input(format!("cannot write in {}: {e}", dir.display())))?;
     Ok(TempOut(path, file))
 }

@@ -11,24 +11,40 @@ use crate::output::{check, input, print_json, CliError, CliResult, Output};
 
 pub fn run(args: GrantArgs, out: &Output) -> CliResult {
     if args.max_file_size == 0 {
-        return Err(CliError::Input("--max-file-size must be greater than 0".into()));
+        return Err(CliError::Input(
+            "--max-file-size must be greater than 0".into(),
+        ));
     }
     let buyer_id = args.buyer_id.trim();
     if buyer_id.is_empty() {
         return Err(CliError::Input("--buyer-id must not be empty".into()));
     }
-    let buyer = BuyerIdentity::new(buyer_id, &args.buyer_public_key).map_err(|e| input(format!("--buyer-public-key: {}", e.reason)))?;
-    let granter = LocalGranter::new(super::read_box_key(&args.owner_private_key_file, "an X25519 private key")?);
+    let buyer = BuyerIdentity::new(buyer_id, &args.buyer_public_key)
+        .map_err(|e| input(format!("--buyer-public-key: {}", e.reason)))?;
+    let granter = LocalGranter::new(super::read_box_key(
+        &args.owner_private_key_file,
+        "an X25519 private key",
+    )?);
     let chunks = layout::read_chunks(&args.chunk_dir).map_err(input)?;
     if !args.json {
-        out.say(format!("Granting access to {} chunks for buyer {buyer_id}...", chunks.len()));
+        out.say(format!(
+            "Granting access to {} chunks for buyer {buyer_id}...",
+            chunks.len()
+        ));
     }
     let entries = granter.grant(&chunks, &buyer).map_err(check)?;
     let files = pack_files(&buyer.public_key_hex, &entries, args.max_file_size);
 
-    std::fs::create_dir_all(&args.output_dir).map_err(|e| input(format!("cannot create {}: {e}", args.output_dir.display())))?;
+    std::fs::create_dir_all(&args.output_dir)
+        .map_err(|e| input(format!("cannot create {}: {e}", args.output_dir.display())))?;
     for file in &files {
-        layout::write_atomic(&args.output_dir, &file.file_name, file.text.as_bytes(), Durability::Atomic).map_err(input)?;
+        layout::write_atomic(
+            &args.output_dir,
+            &file.file_name,
+            file.text.as_bytes(),
+            Durability::Atomic,
+        )
+        .map_err(input)?;
     }
 
     if args.json {
@@ -43,7 +59,11 @@ pub fn run(args: GrantArgs, out: &Output) -> CliResult {
     } else {
         let label = if files.len() == 1 { "file" } else { "files" };
         out.say("");
-        out.say(format!("Wrote {} buyer access {label} to {}", files.len(), args.output_dir.display()));
+        out.say(format!(
+            "Wrote {} buyer access {label} to {}",
+            files.len(),
+            args.output_dir.display()
+        ));
         out.say("");
         out.say(format!("  Schema:       {BUYER_ACCESS_SCHEMA_VERSION}"));
         out.say(format!("  Buyer ID:     {buyer_id}"));
@@ -51,7 +71,11 @@ pub fn run(args: GrantArgs, out: &Output) -> CliResult {
         out.say(format!("  Files:        {}", files.len()));
         out.say("");
         for file in &files {
-            out.say(format!("    {}  ({})", file.file_name, format_size(file.text.len())));
+            out.say(format!(
+                "    {}  ({})",
+                file.file_name,
+                format_size(file.text.len())
+            ));
         }
     }
     Ok(())

@@ -7,12 +7,16 @@ use crate::cli::KeysGenerateArgs;
 use crate::output::{input, print_json, CliResult, Output};
 
 pub fn run(args: KeysGenerateArgs, out: &Output) -> CliResult {
-    std::fs::create_dir_all(&args.out).map_err(|e| input(format!("cannot create {}: {e}", args.out.display())))?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| input(format!("cannot create {}: {e}", args.out.display())))?;
     let dir = &args.out;
     let new = || Secret32::random().map_err(input);
-    let write = |name: &str, secret: &Secret32, prefix: bool| write_secret_file(&dir.join(name), secret, prefix).map_err(input);
+    let write = |name: &str, secret: &Secret32, prefix: bool| {
+        write_secret_file(&dir.join(name), secret, prefix).map_err(input)
+    };
     let write_public = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), format!("{text}\n")).map_err(|e| input(format!("cannot write {}: {e}", dir.join(name).display())))
+        std::fs::write(dir.join(name), format!("{text}\n"))
+            .map_err(|e| input(format!("cannot write {}: {e}", dir.join(name).display())))
     };
 
     // The identity key must be a valid secp256k1 scalar; retry on the (negligible) odd draw.
@@ -57,7 +61,11 @@ pub fn run(args: KeysGenerateArgs, out: &Output) -> CliResult {
         out.say(format!("  DID:          {did}"));
         out.say(format!("  Chain key:    {}", chain.public_key_hex()));
         for (role, public) in summary["boxPublicKeys"].as_object().into_iter().flatten() {
-            out.say(format!("  {:<13} {}", format!("{role}:"), public.as_str().unwrap_or("")));
+            out.say(format!(
+                "  {:<13} {}",
+                format!("{role}:"),
+                public.as_str().unwrap_or("")
+            ));
         }
         out.say("  Secret files (*.key) are mode 0600. These are development keys: production keys live in keyd.");
     }

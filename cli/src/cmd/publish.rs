@@ -21,10 +21,15 @@ use crate::output::{check, input, print_json, CliError, CliResult, Output};
 
 pub fn run(args: PublishArgs, out: &Output) -> CliResult {
     if args.s3.is_some() || args.s3_region.is_some() || args.s3_endpoint.is_some() {
-        return Err(CliError::Input("--s3 upload is not supported by this build; publish locally and upload the directory".into()));
+        return Err(CliError::Input(
+            "--s3 upload is not supported by this build; publish locally and upload the directory"
+                .into(),
+        ));
     }
     if args.chunk_size == 0 {
-        return Err(CliError::Input("--chunk-size must be a positive integer".into()));
+        return Err(CliError::Input(
+            "--chunk-size must be a positive integer".into(),
+        ));
     }
     if args.machine_did.trim().is_empty() {
         return Err(CliError::Input("--machine-did must not be empty".into()));
@@ -33,31 +38,55 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
         return Err(CliError::Input("--machine-key-id must not be empty".into()));
     }
     let recipients = vec![
-        RecipientSpec::new("owner-1", "owner", &args.owner_public_key).map_err(|e| input(format!("--owner-public-key: {}", e.reason)))?,
+        RecipientSpec::new("owner-1", "owner", &args.owner_public_key)
+            .map_err(|e| input(format!("--owner-public-key: {}", e.reason)))?,
         RecipientSpec::new("operator-1", "operator", &args.operator_public_key)
             .map_err(|e| input(format!("--operator-public-key: {}", e.reason)))?,
         RecipientSpec::new("machine-1", "machine", &args.machine_public_key)
             .map_err(|e| input(format!("--machine-public-key: {}", e.reason)))?,
     ];
-    let chain_key = ChainKey::from_secret(&super::read_key(&args.signing_key_file, "an Ed25519 signing key")?);
-    let signer = LocalChunkSigner::new(chain_key, args.machine_did.clone(), args.machine_key_id.clone());
+    let chain_key = ChainKey::from_secret(&super::read_key(
+        &args.signing_key_file,
+        "an Ed25519 signing key",
+    )?);
+    let signer = LocalChunkSigner::new(
+        chain_key,
+        args.machine_did.clone(),
+        args.machine_key_id.clone(),
+    );
     let keys = LocalChunkKeys::new(recipients);
 
-    let file = File::open(&args.input).map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
-    let meta = file.metadata().map_err(|e| input(format!("{}: {e}", args.input.display())))?;
+    let file = File::open(&args.input)
+        .map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| input(format!("{}: {e}", args.input.display())))?;
     if !meta.is_file() {
-        return Err(input(format!("--input {} is not a file", args.input.display())));
+        return Err(input(format!(
+            "--input {} is not a file",
+            args.input.display()
+        )));
     }
     let total_bytes = meta.len();
     let estimate = total_bytes.div_ceil(args.chunk_size as u64).max(1);
-    out.say(format!("Chunking {total_bytes} bytes into {estimate} chunks..."));
+    out.say(format!(
+        "Chunking {total_bytes} bytes into {estimate} chunks..."
+    ));
 
-    std::fs::create_dir_all(&args.output_dir).map_err(|e| input(format!("cannot create {}: {e}", args.output_dir.display())))?;
+    std::fs::create_dir_all(&args.output_dir)
+        .map_err(|e| input(format!("cannot create {}: {e}", args.output_dir.display())))?;
     // A run that fails half way must never look complete: the manifest goes last.
     remove_if_present(&args.output_dir.join("manifest.json"))?;
 
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
-    let durability = if args.fsync { Durability::Synced } else { Durability::Atomic };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let durability = if args.fsync {
+        Durability::Synced
+    } else {
+        Durability::Atomic
+    };
     let bar = out.progress(total_bytes, true, !args.json);
     let published = publish_stream(
         std::io::BufReader::with_capacity(1 << 20, file),
@@ -72,14 +101,23 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
     bar.finish_and_clear();
     remove_stale_chunks(&args.output_dir, published.total_chunks)?;
 
-    let manifest = Manifest::new(published.source_hash, published.total_chunks, args.chunk_size as u64, args.machine_did.clone());
-    let manifest_path = layout::write_manifest(&args.output_dir, &manifest, durability).map_err(check)?;
+    let manifest = Manifest::new(
+        published.source_hash,
+        published.total_chunks,
+        args.chunk_size as u64,
+        args.machine_did.clone(),
+    );
+    let manifest_path =
+        layout::write_manifest(&args.output_dir, &manifest, durability).map_err(check)?;
 
     if args.json {
         print_json(&serde_json::to_value(&manifest).map_err(check)?);
     } else {
         let dir = args.output_dir.display();
-        out.say(format!("\nPublished {} chunks to {dir}/\n", manifest.total_chunks));
+        out.say(format!(
+            "\nPublished {} chunks to {dir}/\n",
+            manifest.total_chunks
+        ));
         out.say("  Schema:       peaq.stream.chunks.v1");
         out.say(format!("  Source Hash:  {}", manifest.source_hash));
         out.say(format!("  Chunk Size:   {} bytes", manifest.chunk_size));
@@ -90,7 +128,10 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
             out.say(format!("    chunk-{i}.json  chunk-{i}.bin"));
         }
         if manifest.total_chunks > 20 {
-            out.say(format!("    … and {} more chunk pairs", manifest.total_chunks - 20));
+            out.say(format!(
+                "    … and {} more chunk pairs",
+                manifest.total_chunks - 20
+            ));
         }
         out.say("    manifest.json");
         println!("{}", manifest_path.display());
@@ -136,7 +177,9 @@ pub fn publish_stream(
                         .and_then(|mut k| {
                             let key = k.pop().ok_or(BuildError::Signer {
                                 index,
-                                source: stream::signer::SignerError::Unavailable("no chunk key returned".into()),
+                                source: stream::signer::SignerError::Unavailable(
+                                    "no chunk key returned".into(),
+                                ),
                             })?;
                             seal_chunk(plaintext, key, signer, index)
                         });
@@ -187,14 +230,21 @@ pub fn publish_stream(
         }
         drop(work_tx);
         drop(token_rx);
-        let written = writer.join().map_err(|_| CliError::Check("the chunk writer panicked".into()))??;
+        let written = writer
+            .join()
+            .map_err(|_| CliError::Check("the chunk writer panicked".into()))??;
         if let Some(e) = read_error {
             return Err(input(format!("reading --input: {e}")));
         }
         if written != index {
-            return Err(CliError::Check(format!("wrote {written} of {index} chunks")));
+            return Err(CliError::Check(format!(
+                "wrote {written} of {index} chunks"
+            )));
         }
-        Ok(Published { total_chunks: written, source_hash: reader.source_hash() })
+        Ok(Published {
+            total_chunks: written,
+            source_hash: reader.source_hash(),
+        })
     })
 }
 
@@ -214,7 +264,10 @@ fn remove_stale_chunks(dir: &Path, total: u64) -> Result<(), CliError> {
         let Some(name) = name.to_str() else { continue };
         let index = name
             .strip_prefix("chunk-")
-            .and_then(|rest| rest.strip_suffix(".json").or_else(|| rest.strip_suffix(".bin")))
+            .and_then(|rest| {
+                rest.strip_suffix(".json")
+                    .or_else(|| rest.strip_suffix(".bin"))
+            })
             .and_then(|n| n.parse::<u64>().ok());
         if index.is_some_and(|i| i >= total) {
             remove_if_present(&entry.path())?;

@@ -18,35 +18,56 @@ use crate::output::{check, input, CliError, CliResult, Output};
 
 const BATCH: usize = 256;
 
+/// An input line number and its output line, or why it has none.
+type LineResult = (usize, Result<String, String>);
+
 pub fn run(args: SignArgs, out: &Output) -> CliResult {
     let rules = load_map_file(&args.map).map_err(input)?;
-    let identity = IdentityKey::from_secret(&super::read_key(&args.signing_key_file, "a secp256k1 private key")?).map_err(input)?;
-    let signer = LocalPackageSigner::with_did(identity, &args.did).map_err(|e| input(format!("--did: {e}")))?;
-    let encryptor = LocalFieldEncryptor::new(&super::read_key(&args.field_key_file, "an AES-256 key")?);
+    let identity = IdentityKey::from_secret(&super::read_key(
+        &args.signing_key_file,
+        "a secp256k1 private key",
+    )?)
+    .map_err(input)?;
+    let signer = LocalPackageSigner::with_did(identity, &args.did)
+        .map_err(|e| input(format!("--did: {e}")))?;
+    let encryptor =
+        LocalFieldEncryptor::new(&super::read_key(&args.field_key_file, "an AES-256 key")?);
     if args.key_id.trim().is_empty() {
         return Err(CliError::Input("--key-id must not be empty".into()));
     }
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build().map_err(check)?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(check)?;
 
-    let source = std::fs::File::open(&args.input).map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
+    let source = std::fs::File::open(&args.input)
+        .map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
     let dir = match args.output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
     let temp_path = dir.join(format!(".peaqos-sign-{}.tmp", std::process::id()));
-    let temp = std::fs::File::create(&temp_path).map_err(|e| input(format!("cannot write in {}: {e}", dir.display())))?;
+    let temp = std::fs::File::create(&temp_path)
+        .map_err(|e| input(format!("cannot write in {}: {e}", dir.display())))?;
     let guard = RemoveOnDrop(Some(temp_path.clone()));
     let mut writer = BufWriter::with_capacity(1 << 20, temp);
 
-    let mut lines = std::io::BufReader::with_capacity(1 << 20, source).lines().enumerate();
+    let mut lines = std::io::BufReader::with_capacity(1 << 20, source)
+        .lines()
+        .enumerate();
     let (mut signed, mut failed) = (0usize, 0usize);
     loop {
         // A block: enough batches to keep every worker busy, bounded in memory.
-        let mut block: Vec<(usize, Result<UnsignedMessage, MessageError>)> = Vec::with_capacity(BATCH * jobs * 4);
+        let mut block: Vec<(usize, Result<UnsignedMessage, MessageError>)> =
+            Vec::with_capacity(BATCH * jobs * 4);
         for (i, line) in lines.by_ref() {
             let number = i + 1;
-            let line = line.map_err(|e| input(format!("{} line {number}: {e}", args.input.display())))?;
+            let line =
+                line.map_err(|e| input(format!("{} line {number}: {e}", args.input.display())))?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -58,7 +79,7 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
         if block.is_empty() {
             break;
         }
-        let results: Vec<Vec<(usize, Result<String, String>)>> = pool.install(|| {
+        let results: Vec<Vec<LineResult>> = pool.install(|| {
             block
                 .par_chunks(BATCH)
                 .map(|batch| sign_lines(batch, &rules, &signer, &encryptor, &args.key_id))
@@ -76,19 +97,39 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
                     json!({"line": number, "error": reason}).to_string()
                 }
                 Err(reason) => {
-                    return Err(CliError::Check(format!("{} line {number}: {reason}", args.input.display())));
+                    return Err(CliError::Check(format!(
+                        "{} line {number}: {reason}",
+                        args.input.display()
+                    )));
                 }
             };
-            writer.write_all(text.as_bytes()).and_then(|()| writer.write_all(b"\n")).map_err(|e| input(format!("writing output: {e}")))?;
+            writer
+                .write_all(text.as_bytes())
+                .and_then(|()| writer.write_all(b"\n"))
+                .map_err(|e| input(format!("writing output: {e}")))?;
         }
     }
-    let file = writer.into_inner().map_err(|e| input(format!("writing output: {}", e.error())))?;
-    file.sync_all().map_err(|e| input(format!("writing output: {e}")))?;
-    std::fs::rename(&temp_path, &args.output).map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| input(format!("writing output: {}", e.error())))?;
+    file.sync_all()
+        .map_err(|e| input(format!("writing output: {e}")))?;
+    std::fs::rename(&temp_path, &args.output)
+        .map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
     drop(guard);
-    out.say(format!("Signed {signed} packages to {}{}", args.output.display(), if failed > 0 { format!(", {failed} lines failed") } else { String::new() }));
+    out.say(format!(
+        "Signed {signed} packages to {}{}",
+        args.output.display(),
+        if failed > 0 {
+            format!(", {failed} lines failed")
+        } else {
+            String::new()
+        }
+    ));
     if failed > 0 {
-        return Err(CliError::Check(format!("{failed} lines could not be signed (see the \"error\" lines in the output)")));
+        return Err(CliError::Check(format!(
+            "{failed} lines could not be signed (see the \"error\" lines in the output)"
+        )));
     }
     Ok(())
 }
@@ -99,9 +140,14 @@ fn sign_lines(
     signer: &LocalPackageSigner,
     encryptor: &LocalFieldEncryptor,
     key_id: &str,
-) -> Result<Vec<(usize, Result<String, String>)>, CliError> {
-    let messages: Vec<UnsignedMessage> = batch.iter().filter_map(|(_, m)| m.as_ref().ok().cloned()).collect();
-    let mut packages = sign_batch(&messages, |t| rules.for_topic(t), signer, encryptor, key_id).map_err(check)?.into_iter();
+) -> Result<Vec<LineResult>, CliError> {
+    let messages: Vec<UnsignedMessage> = batch
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().ok().cloned())
+        .collect();
+    let mut packages = sign_batch(&messages, |t| rules.for_topic(t), signer, encryptor, key_id)
+        .map_err(check)?
+        .into_iter();
     Ok(batch
         .iter()
         .map(|(number, parsed)| {

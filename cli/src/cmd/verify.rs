@@ -8,7 +8,10 @@ use crate::cli::VerifyArgs;
 use crate::output::{input, print_json, CliError, CliResult, Output};
 
 pub fn run(args: VerifyArgs, out: &Output) -> CliResult {
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| args.chunk_dir.clone());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| args.chunk_dir.clone());
     let expect_public_key = args
         .expect_public_key
         .as_deref()
@@ -26,7 +29,15 @@ pub fn run(args: VerifyArgs, out: &Output) -> CliResult {
     }
     if let (Some(expected), Some(m)) = (args.expect_did.as_deref(), manifest.as_ref()) {
         if m.machine_did != expected {
-            return fail(&args, format!("manifest: machineDid {:?} is not the expected {expected:?}", m.machine_did), "expectedDid", None);
+            return fail(
+                &args,
+                format!(
+                    "manifest: machineDid {:?} is not the expected {expected:?}",
+                    m.machine_did
+                ),
+                "expectedDid",
+                None,
+            );
         }
     }
     let options = VerifyOptions {
@@ -65,7 +76,9 @@ pub fn run(args: VerifyArgs, out: &Output) -> CliResult {
                     line.push_str(", decrypted, sourceHash matches");
                 }
                 if options.expect_public_key.is_none() {
-                    line.push_str(" (signer not pinned: pass --expect-public-key to reject re-signed chains)");
+                    line.push_str(
+                        " (signer not pinned: pass --expect-public-key to reject re-signed chains)",
+                    );
                 }
                 out.say(line);
             }

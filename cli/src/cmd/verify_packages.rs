@@ -10,12 +10,14 @@ use crate::cli::VerifyPackagesArgs;
 use crate::output::{input, print_json, CliError, CliResult, Output};
 
 pub fn run(args: VerifyPackagesArgs, out: &Output) -> CliResult {
-    let file = std::fs::File::open(&args.input).map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
+    let file = std::fs::File::open(&args.input)
+        .map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
     let mut failed: Vec<(usize, String)> = Vec::new();
     let mut total = 0usize;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let number = i + 1;
-        let line = line.map_err(|e| input(format!("{} line {number}: {e}", args.input.display())))?;
+        let line =
+            line.map_err(|e| input(format!("{} line {number}: {e}", args.input.display())))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -26,7 +28,9 @@ pub fn run(args: VerifyPackagesArgs, out: &Output) -> CliResult {
             .and_then(|p| {
                 p.verify().map_err(|e| e.to_string())?;
                 match args.expect_did.as_deref() {
-                    Some(did) if !p.did.eq_ignore_ascii_case(did) => Err(format!("DID {} is not the expected {did}", p.did)),
+                    Some(did) if !p.did.eq_ignore_ascii_case(did) => {
+                        Err(format!("DID {} is not the expected {did}", p.did))
+                    }
                     _ => Ok(()),
                 }
             });
@@ -52,6 +56,10 @@ pub fn run(args: VerifyPackagesArgs, out: &Output) -> CliResult {
     Err(CliError::Check(format!(
         "{} of {total} packages do not verify (lines {})",
         failed.len(),
-        if lines.len() > 50 { format!("{}, …", lines[..50].join(", ")) } else { lines.join(", ") }
+        if lines.len() > 50 {
+            format!("{}, …", lines[..50].join(", "))
+        } else {
+            lines.join(", ")
+        }
     )))
 }

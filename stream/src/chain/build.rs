@@ -68,7 +68,11 @@ pub fn seal_chunk(
             source: SignerError::Unavailable("no signature returned".into()),
         })?;
     let identity = signer.chunk_signer();
-    let ChunkKey { key: _, commitment, recipients } = key;
+    let ChunkKey {
+        key: _,
+        commitment,
+        recipients,
+    } = key;
     Ok(SealedChunk {
         ciphertext: buffer,
         encrypted_data_hash,
@@ -100,7 +104,10 @@ impl ChainLinker {
     }
     /// Continues a chain whose last chunk has id `previous` and index `next_index - 1`.
     pub fn resume(previous: Option<String>, next_index: u64) -> Self {
-        ChainLinker { previous, next_index }
+        ChainLinker {
+            previous,
+            next_index,
+        }
     }
     pub fn next_index(&self) -> u64 {
         self.next_index
@@ -112,7 +119,8 @@ impl ChainLinker {
     /// Gives `sealed` the next index; returns its envelope and its ciphertext.
     pub fn link(&mut self, sealed: SealedChunk) -> (ChunkEnvelope, Vec<u8>) {
         let index = self.next_index;
-        let chunk_id = hexenc::chunk_id(self.previous.as_deref(), &sealed.encrypted_data_hash, index);
+        let chunk_id =
+            hexenc::chunk_id(self.previous.as_deref(), &sealed.encrypted_data_hash, index);
         let envelope = ChunkEnvelope {
             schema_version: CHUNK_SCHEMA_VERSION.into(),
             chunk_id: chunk_id.clone(),
@@ -147,7 +155,13 @@ pub struct ChunkReader<R> {
 impl<R: Read> ChunkReader<R> {
     pub fn new(input: R, chunk_size: usize) -> Self {
         assert!(chunk_size > 0, "chunk size must be positive");
-        ChunkReader { input, chunk_size, source: Sha256::new(), produced: 0, done: false }
+        ChunkReader {
+            input,
+            chunk_size,
+            source: Sha256::new(),
+            produced: 0,
+            done: false,
+        }
     }
 
     /// The next slice, or `None` at the end.
@@ -156,7 +170,9 @@ impl<R: Read> ChunkReader<R> {
             return Ok(None);
         }
         let mut buffer = Vec::with_capacity(self.chunk_size + 16);
-        (&mut self.input).take(self.chunk_size as u64).read_to_end(&mut buffer)?;
+        (&mut self.input)
+            .take(self.chunk_size as u64)
+            .read_to_end(&mut buffer)?;
         if buffer.len() < self.chunk_size {
             self.done = true;
             if buffer.is_empty() && self.produced > 0 {

@@ -71,8 +71,14 @@ pub fn decrypt_chunk(
 }
 
 /// The recipient entry of `envelope` sealed to `public_key` (compared as bytes).
-pub fn recipient_for<'a>(envelope: &'a ChunkEnvelope, public_key: &[u8; 32]) -> Option<&'a KeyRecipient> {
+pub fn recipient_for<'a>(
+    envelope: &'a ChunkEnvelope,
+    public_key: &[u8; 32],
+) -> Option<&'a KeyRecipient> {
     envelope.encryption.key_recipients.iter().find(|r| {
-        hexenc::decode_array::<32>("publicKeyHex", &r.public_key_hex).ok().as_ref() == Some(public_key)
+        hexenc::decode_array::<32>("publicKeyHex", &r.public_key_hex)
+            .ok()
+            .as_ref()
+            == Some(public_key)
     })
 }

@@ -95,7 +95,9 @@ impl ChunkEnvelope {
         let envelope: ChunkEnvelope =
             serde_json::from_value(value).map_err(|e| EnvelopeError::Shape(e.to_string()))?;
         if envelope.schema_version != CHUNK_SCHEMA_VERSION {
-            return Err(EnvelopeError::Schema { found: envelope.schema_version });
+            return Err(EnvelopeError::Schema {
+                found: envelope.schema_version,
+            });
         }
         Ok(envelope)
     }

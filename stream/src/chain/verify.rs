@@ -48,13 +48,29 @@ pub enum ChainFailure {
     #[error("chunk {index}: Ed25519 signature does not verify")]
     SignatureInvalid { index: u64 },
     #[error("chunk {index}: signer machineDid {found:?} is not the expected {expected:?}")]
-    UnexpectedDid { index: u64, found: String, expected: String },
+    UnexpectedDid {
+        index: u64,
+        found: String,
+        expected: String,
+    },
     #[error("chunk {index}: signed by public key {found}, not the expected {expected}")]
-    UnexpectedKey { index: u64, found: String, expected: String },
+    UnexpectedKey {
+        index: u64,
+        found: String,
+        expected: String,
+    },
     #[error("chunk {index}: signer changed mid-chain (public key {found}, chunk 0 used {first})")]
-    SignerChanged { index: u64, found: String, first: String },
+    SignerChanged {
+        index: u64,
+        found: String,
+        first: String,
+    },
     #[error("totalChunks: the manifest says {expected} chunks, the chain has {found} (chunk {index} onwards missing or extra)")]
-    TotalChunks { index: u64, expected: u64, found: u64 },
+    TotalChunks {
+        index: u64,
+        expected: u64,
+        found: u64,
+    },
     #[error("chunk {index}: no key recipient is sealed to the given recipient key")]
     NoRecipient { index: u64 },
     #[error("chunk {index}: {source}")]
@@ -75,11 +91,15 @@ impl ChainFailure {
         match self {
             ChainFailure::Empty => "empty",
             ChainFailure::IndexNotSequential { .. } => "index",
-            ChainFailure::FirstHasPrevious | ChainFailure::PreviousMismatch { .. } => "previousChunkId",
+            ChainFailure::FirstHasPrevious | ChainFailure::PreviousMismatch { .. } => {
+                "previousChunkId"
+            }
             ChainFailure::MissingCiphertext { .. } | ChainFailure::Read { .. } => "ciphertext",
             ChainFailure::HashMismatch { .. } => "encryptedDataHash",
             ChainFailure::ChunkIdMismatch { .. } => "chunkId",
-            ChainFailure::SignatureIdentity { .. } | ChainFailure::SignatureInvalid { .. } => "signature",
+            ChainFailure::SignatureIdentity { .. } | ChainFailure::SignatureInvalid { .. } => {
+                "signature"
+            }
             ChainFailure::UnexpectedDid { .. } => "expectedDid",
             ChainFailure::UnexpectedKey { .. } | ChainFailure::SignerChanged { .. } => "signerKey",
             ChainFailure::TotalChunks { .. } => "totalChunks",
@@ -146,7 +166,10 @@ pub fn verify_chain(
     for (position, chunk) in chunks.iter().enumerate() {
         let index = position as u64;
         if chunk.index != index {
-            return Err(ChainFailure::IndexNotSequential { index, found: chunk.index });
+            return Err(ChainFailure::IndexNotSequential {
+                index,
+                found: chunk.index,
+            });
         }
         if index == 0 {
             if chunk.previous_chunk_id.is_some() {
@@ -162,7 +185,13 @@ pub fn verify_chain(
         if chunk.encrypted_data_hash != actual_hash {
             return Err(ChainFailure::HashMismatch { index });
         }
-        if chunk.chunk_id != hexenc::chunk_id(chunk.previous_chunk_id.as_deref(), &chunk.encrypted_data_hash, index) {
+        if chunk.chunk_id
+            != hexenc::chunk_id(
+                chunk.previous_chunk_id.as_deref(),
+                &chunk.encrypted_data_hash,
+                index,
+            )
+        {
             return Err(ChainFailure::ChunkIdMismatch { index });
         }
         let signature = &chunk.signature;
@@ -202,7 +231,8 @@ pub fn verify_chain(
             });
         }
         if let (Some(key), Some(public)) = (options.recipient, recipient_public.as_ref()) {
-            let entry = decrypt::recipient_for(chunk, public).ok_or(ChainFailure::NoRecipient { index })?;
+            let entry =
+                decrypt::recipient_for(chunk, public).ok_or(ChainFailure::NoRecipient { index })?;
             let opened = decrypt::decrypt_chunk(chunk, entry, key, &data)
                 .map_err(|source| ChainFailure::Decrypt { index, source })?;
             source.update(&opened);
@@ -214,15 +244,26 @@ pub fn verify_chain(
     let total = chunks.len() as u64;
     if let Some(expected) = options.expect_total_chunks {
         if expected != total {
-            return Err(ChainFailure::TotalChunks { index: expected.min(total), expected, found: total });
+            return Err(ChainFailure::TotalChunks {
+                index: expected.min(total),
+                expected,
+                found: total,
+            });
         }
     }
-    let mut report = ChainReport { total_chunks: total, source_hash: None, plaintext_bytes: None };
+    let mut report = ChainReport {
+        total_chunks: total,
+        source_hash: None,
+        plaintext_bytes: None,
+    };
     if options.recipient.is_some() {
         let found = hexenc::digest_0x(&source.finalize());
         if let Some(expected) = options.expect_source_hash {
             if expected != found {
-                return Err(ChainFailure::SourceHash { expected: expected.to_string(), found });
+                return Err(ChainFailure::SourceHash {
+                    expected: expected.to_string(),
+                    found,
+                });
             }
         }
         report.source_hash = Some(found);
@@ -238,5 +279,6 @@ fn ed25519_verifies(public_key: &[u8; 32], signature_hex: &str, message: &str) -
     let Ok(key) = VerifyingKey::from_bytes(public_key) else {
         return false;
     };
-    key.verify_strict(message.as_bytes(), &Signature::from_bytes(&signature)).is_ok()
+    key.verify_strict(message.as_bytes(), &Signature::from_bytes(&signature))
+        .is_ok()
 }

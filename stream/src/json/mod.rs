@@ -269,7 +269,10 @@ mod tests {
             canon(r#""é😀\u007f\u2028/""#),
             r#""\u00e9\ud83d\ude00\u007f\u2028/""#
         );
-        assert_eq!(canon(r#"{"😀":2,"～":1}"#), r#"{"\uff5e":1,"\ud83d\ude00":2}"#);
+        assert_eq!(
+            canon(r#"{"😀":2,"～":1}"#),
+            r#"{"\uff5e":1,"\ud83d\ude00":2}"#
+        );
         assert_eq!(
             canon("[18446744073709551616, 123456789012345678901234567890, -0, 0]"),
             "[18446744073709551616,123456789012345678901234567890,0,0]"
@@ -278,8 +281,10 @@ mod tests {
             canon("[1e2, 0.0001, 1e-5, 1e-7, 1e15, 1e16, 12345678901234567.0, 1.23e-18, -0.0, 1, 1.0]"),
             "[100.0,0.0001,1e-05,1e-07,1000000000000000.0,1e+16,1.2345678901234568e+16,1.23e-18,-0.0,1,1.0]"
         );
-        assert_eq!(canon(r#"{"b":[true,false,null],"a":{"d":"\b\f\n\r\t\"\\","c":{}}}"#),
-            r#"{"a":{"c":{},"d":"\b\f\n\r\t\"\\"},"b":[true,false,null]}"#);
+        assert_eq!(
+            canon(r#"{"b":[true,false,null],"a":{"d":"\b\f\n\r\t\"\\","c":{}}}"#),
+            r#"{"a":{"c":{},"d":"\b\f\n\r\t\"\\"},"b":[true,false,null]}"#
+        );
     }
 
     #[test]
@@ -297,7 +302,10 @@ mod tests {
     #[test]
     fn duplicate_keys_keep_first_position_last_value() {
         let v = parse(r#"{"a":1,"b":2,"a":3}"#).unwrap();
-        assert_eq!(python_dumps(&v, Layout::Compact).unwrap(), r#"{"a":3,"b":2}"#);
+        assert_eq!(
+            python_dumps(&v, Layout::Compact).unwrap(),
+            r#"{"a":3,"b":2}"#
+        );
     }
 
     #[test]

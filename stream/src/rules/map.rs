@@ -99,15 +99,18 @@ struct StrategyName(Strategy);
 impl TryFrom<String> for StrategyName {
     type Error = String;
     fn try_from(name: String) -> Result<Self, String> {
-        Strategy::parse(&name)
-            .map(StrategyName)
-            .ok_or_else(|| format!("unknown anonymize_strategy {name:?} (expected hash, generalize or redact)"))
+        Strategy::parse(&name).map(StrategyName).ok_or_else(|| {
+            format!("unknown anonymize_strategy {name:?} (expected hash, generalize or redact)")
+        })
     }
 }
 
 /// Parses map text; `origin` names the file in errors.
 pub fn parse_map(text: &str, origin: &str) -> Result<TopicRules, MapError> {
-    let invalid = |message: String| MapError::Invalid { path: origin.to_string(), message };
+    let invalid = |message: String| MapError::Invalid {
+        path: origin.to_string(),
+        message,
+    };
     // JSON is YAML, except that YAML has no surrogate-pair escapes (`\ud83d\ude00`):
     // read a JSON document as JSON.
     let doc: MapDoc = if text.trim_start().starts_with('{') {
@@ -133,7 +136,10 @@ pub fn parse_map(text: &str, origin: &str) -> Result<TopicRules, MapError> {
             },
         };
         if by_topic.insert(topic.topic.clone(), rules).is_some() {
-            return Err(invalid(format!("topics[{i}]: topic {:?} appears twice", topic.topic)));
+            return Err(invalid(format!(
+                "topics[{i}]: topic {:?} appears twice",
+                topic.topic
+            )));
         }
     }
     Ok(TopicRules { by_topic })

@@ -122,7 +122,8 @@ impl Ruled {
         for (pending, ciphertext) in self.pending.iter().zip(ciphertexts) {
             // A later rule may have replaced or deleted the placeholder (dotted keys), in
             // which case the reference's value is gone too.
-            if let Some(Value::Object(wrapper)) = get_path_mut(&mut self.payload, &pending.segments) {
+            if let Some(Value::Object(wrapper)) = get_path_mut(&mut self.payload, &pending.segments)
+            {
                 if wrapper.get("ciphertext").and_then(Value::as_str) == Some(&pending.marker) {
                     wrapper.insert("ciphertext".into(), Value::String(ciphertext));
                 }
@@ -152,7 +153,10 @@ pub fn apply(fields: &Map, rules: &FieldRules) -> Result<Ruled, RuleError> {
         }
         engine.process(key.clone(), value)?;
     }
-    Ok(Ruled { payload: engine.output, pending: engine.pending })
+    Ok(Ruled {
+        payload: engine.output,
+        pending: engine.pending,
+    })
 }
 
 struct Engine<'a> {
@@ -168,7 +172,9 @@ impl Engine<'_> {
         self.rules.iter().position(|rule| {
             let fp = rule.field_path.as_str();
             path == fp
-                || (path.len() > fp.len() && path.starts_with(fp) && path.as_bytes()[fp.len()] == b'.')
+                || (path.len() > fp.len()
+                    && path.starts_with(fp)
+                    && path.as_bytes()[fp.len()] == b'.')
         })
     }
 
@@ -211,7 +217,11 @@ impl Engine<'_> {
                 wrapper.insert("algorithm".into(), Value::String(FIELD_ALGORITHM.into()));
                 let segments = split_path(&path);
                 set_path(&mut self.output, &segments, Value::Object(wrapper));
-                self.pending.push(PendingEncryption { segments, marker, plaintext });
+                self.pending.push(PendingEncryption {
+                    segments,
+                    marker,
+                    plaintext,
+                });
             }
             Action::Anonymize => {
                 let strategy = rule
