@@ -50,6 +50,31 @@ pub fn envelope(
     Value::Object(map)
 }
 
+/// The canonical JSON of the envelope, written straight from its parts (keys in canonical
+/// order: did, payload, schemaVersion, sequenceNumber, timestamp). Equal to
+/// `json::canonical(&envelope(..))` without building or cloning anything.
+pub fn canonical_envelope(
+    did: &str,
+    timestamp: &Value,
+    schema_version: &Value,
+    sequence_number: &Value,
+    payload: &Value,
+) -> Result<Vec<u8>, JsonError> {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"did\":");
+    json::write_string(did, &mut out);
+    out.push_str(",\"payload\":");
+    json::write_canonical(payload, &mut out)?;
+    out.push_str(",\"schemaVersion\":");
+    json::write_canonical(schema_version, &mut out)?;
+    out.push_str(",\"sequenceNumber\":");
+    json::write_canonical(sequence_number, &mut out)?;
+    out.push_str(",\"timestamp\":");
+    json::write_canonical(timestamp, &mut out)?;
+    out.push('}');
+    Ok(out.into_bytes())
+}
+
 /// `keccak256("\x19Ethereum Signed Message:\n" + len(message) + message)`.
 pub fn eip191_hash(message: &[u8]) -> [u8; 32] {
     let mut hasher = Keccak256::new();
@@ -225,13 +250,13 @@ impl DataPackage {
 
     /// The canonical envelope bytes that the signature covers.
     pub fn envelope_bytes(&self) -> Result<Vec<u8>, JsonError> {
-        json::canonical_bytes(&envelope(
+        canonical_envelope(
             &self.did,
             &self.timestamp,
             &self.schema_version,
             &self.sequence_number,
             &self.payload,
-        ))
+        )
     }
 
     /// Verifies as the reference does: recover the signer and compare with the DID's address.
@@ -272,7 +297,19 @@ mod tests {
                 &Value::from(seq),
                 &payload,
             );
-            let sig = sign_eip191(&key, &json::canonical_bytes(&env).unwrap());
+            let bytes = json::canonical_bytes(&env).unwrap();
+            assert_eq!(
+                bytes,
+                canonical_envelope(
+                    &did,
+                    &env["timestamp"],
+                    &env["schemaVersion"],
+                    &env["sequenceNumber"],
+                    &payload
+                )
+                .unwrap()
+            );
+            let sig = sign_eip191(&key, &bytes);
             assert!(sig[64] == 27 || sig[64] == 28);
             let s = Signature::from_slice(&sig[..64]).unwrap();
             assert!(s.normalize_s().is_none(), "s must be low");

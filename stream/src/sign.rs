@@ -135,15 +135,14 @@ pub fn sign_batch<'r>(
         results.push(ruled.and_then(|r| {
             let n = r.pending.len();
             let payload = Value::Object(r.fill(ciphertexts.by_ref().take(n).collect())?);
-            let envelope = package::envelope(
+            let bytes = package::canonical_envelope(
                 &did,
                 &Value::String(message.captured_at.clone()),
                 &Value::String(message.schema_version.clone()),
                 &Value::Number(message.sequence_number.clone()),
                 &payload,
-            );
-            let bytes = json::canonical_bytes(&envelope)
-                .map_err(|e| MessageError::Canonical(e.to_string()))?;
+            )
+            .map_err(|e| MessageError::Canonical(e.to_string()))?;
             Ok((payload, bytes))
         }));
     }

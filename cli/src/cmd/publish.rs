@@ -2,8 +2,9 @@
 //!
 //! A bounded pipeline: the reader (which also hashes the whole input for `sourceHash`)
 //! hands chunks to one sealing worker per core; a writer links them in order and writes
-//! each chunk atomically. At most `4 × jobs` chunks are in flight, so memory is bounded
-//! by the chunk size, not the input size.
+//! each chunk atomically. A fixed pool of `4 × jobs` chunk buffers circulates reader →
+//! worker (encrypts in place) → writer → reader, so memory is bounded by the chunk size,
+//! not the input size, and nothing is allocated per chunk.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -89,7 +90,7 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
     };
     let bar = out.progress(total_bytes, true, !args.json);
     let published = publish_stream(
-        std::io::BufReader::with_capacity(1 << 20, file),
+        file,
         args.chunk_size,
         &keys,
         &signer,
@@ -158,9 +159,10 @@ pub fn publish_stream(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Published, CliError> {
     let max_in_flight = 4 * jobs;
-    let (token_tx, token_rx) = bounded::<()>(max_in_flight);
+    // The pool of chunk buffers: holding one is the right to put a chunk in flight.
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(max_in_flight);
     for _ in 0..max_in_flight {
-        let _ = token_tx.send(());
+        let _ = pool_tx.send(Vec::new());
     }
     let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(2 * jobs);
     let (done_tx, done_rx) = unbounded::<(u64, Result<SealedChunk, BuildError>)>();
@@ -202,9 +204,9 @@ pub fn publish_stream(
                     let (envelope, ciphertext) = linker.link(sealed);
                     layout::write_chunk(dir, &envelope, &ciphertext, durability).map_err(check)?;
                     progress(bytes);
-                    // Returning the token lets the reader take one more chunk (once the
-                    // reader is done, nobody takes it).
-                    let _ = token_tx.send(());
+                    // Back to the pool: the reader may put one more chunk in flight (once
+                    // the reader is done, nobody takes it).
+                    let _ = pool_tx.send(ciphertext);
                 }
             }
             Ok(linker.next_index())
@@ -213,15 +215,15 @@ pub fn publish_stream(
         let mut reader = ChunkReader::new(input_stream, chunk_size);
         let mut read_error = None;
         let mut index = 0u64;
-        while token_rx.recv().is_ok() {
-            match reader.next_chunk() {
-                Ok(Some(chunk)) => {
-                    if work_tx.send((index, chunk)).is_err() {
+        while let Ok(mut buffer) = pool_rx.recv() {
+            match reader.fill_chunk(&mut buffer) {
+                Ok(true) => {
+                    if work_tx.send((index, buffer)).is_err() {
                         break;
                     }
                     index += 1;
                 }
-                Ok(None) => break,
+                Ok(false) => break,
                 Err(e) => {
                     read_error = Some(e);
                     break;
@@ -229,7 +231,7 @@ pub fn publish_stream(
             }
         }
         drop(work_tx);
-        drop(token_rx);
+        drop(pool_rx);
         let written = writer
             .join()
             .map_err(|_| CliError::Check("the chunk writer panicked".into()))??;

@@ -166,22 +166,30 @@ impl<R: Read> ChunkReader<R> {
 
     /// The next slice, or `None` at the end.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, std::io::Error> {
+        let mut buffer = Vec::new();
+        Ok(self.fill_chunk(&mut buffer)?.then_some(buffer))
+    }
+
+    /// Reads the next slice into `buffer` (cleared first, its allocation reused, with room
+    /// for the 16-byte tag); `false` at the end.
+    pub fn fill_chunk(&mut self, buffer: &mut Vec<u8>) -> Result<bool, std::io::Error> {
+        buffer.clear();
         if self.done {
-            return Ok(None);
+            return Ok(false);
         }
-        let mut buffer = Vec::with_capacity(self.chunk_size + 16);
+        buffer.reserve_exact(self.chunk_size + 16);
         (&mut self.input)
             .take(self.chunk_size as u64)
-            .read_to_end(&mut buffer)?;
+            .read_to_end(buffer)?;
         if buffer.len() < self.chunk_size {
             self.done = true;
             if buffer.is_empty() && self.produced > 0 {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        self.source.update(&buffer);
+        self.source.update(&buffer[..]);
         self.produced += 1;
-        Ok(Some(buffer))
+        Ok(true)
     }
 
     /// `0x` + sha256 of everything read; call after the last chunk.

@@ -66,7 +66,7 @@ pub fn parse_slice(bytes: &[u8]) -> Result<Value, JsonError> {
 /// Canonical JSON (FORMATS.md §1) as a string.
 pub fn canonical(value: &Value) -> Result<String, JsonError> {
     let mut out = String::with_capacity(128);
-    write_canonical(value, &mut out, &mut Vec::new())?;
+    write_canonical(value, &mut out)?;
     Ok(out)
 }
 
@@ -75,33 +75,30 @@ pub fn canonical_bytes(value: &Value) -> Result<Vec<u8>, JsonError> {
     canonical(value).map(String::into_bytes)
 }
 
-fn path_of(stack: &[String]) -> String {
-    if stack.is_empty() {
-        "$".to_string()
-    } else {
-        format!("$.{}", stack.join("."))
+/// Appends the canonical JSON of `value` to `out`. On failure `out` holds a partial write.
+pub fn write_canonical(value: &Value, out: &mut String) -> Result<(), JsonError> {
+    if write_canonical_fast(value, out).is_ok() {
+        return Ok(());
     }
+    // Only on failure: find where, so the error names the path.
+    let (path, text) =
+        find_non_finite(value, &mut Vec::new()).unwrap_or_else(|| ("$".into(), "?".into()));
+    Err(JsonError::NonFinite { path, text })
 }
 
-fn write_canonical(
-    value: &Value,
-    out: &mut String,
-    stack: &mut Vec<String>,
-) -> Result<(), JsonError> {
+fn write_canonical_fast(value: &Value, out: &mut String) -> Result<(), ()> {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
+            for (i, (key, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
                 write_string(key, out);
                 out.push(':');
-                stack.push(key.clone());
-                write_canonical(&map[key.as_str()], out, stack)?;
-                stack.pop();
+                write_canonical_fast(item, out)?;
             }
             out.push('}');
         }
@@ -111,18 +108,48 @@ fn write_canonical(
                 if i > 0 {
                     out.push(',');
                 }
-                stack.push(i.to_string());
-                write_canonical(item, out, stack)?;
-                stack.pop();
+                write_canonical_fast(item, out)?;
             }
             out.push(']');
         }
-        other => write_scalar(other, out).map_err(|text| JsonError::NonFinite {
-            path: path_of(stack),
-            text,
-        })?,
+        other => write_scalar(other, out).map_err(|_| ())?,
     }
     Ok(())
+}
+
+/// The path and text of the first non-finite number in `value`.
+fn find_non_finite(value: &Value, stack: &mut Vec<String>) -> Option<(String, String)> {
+    match value {
+        Value::Number(n) => match py_number(n) {
+            PyNumber::Float(x) if !x.is_finite() => Some((path_of(stack), n.as_str().to_string())),
+            _ => None,
+        },
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            stack.push(i.to_string());
+            let found = find_non_finite(item, stack);
+            stack.pop();
+            found
+        }),
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            entries.into_iter().find_map(|(key, item)| {
+                stack.push(key.clone());
+                let found = find_non_finite(item, stack);
+                stack.pop();
+                found
+            })
+        }
+        _ => None,
+    }
+}
+
+fn path_of(stack: &[String]) -> String {
+    if stack.is_empty() {
+        "$".to_string()
+    } else {
+        format!("$.{}", stack.join("."))
+    }
 }
 
 /// Writes a scalar; on a non-finite float returns its text.
