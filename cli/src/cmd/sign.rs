@@ -11,7 +11,7 @@ use serde_json::json;
 use stream::keys::IdentityKey;
 use stream::local::{LocalFieldEncryptor, LocalPackageSigner};
 use stream::rules::load_map_file;
-use stream::sign::{sign_batch, MessageError, UnsignedMessage};
+use stream::sign::{sign_batch, UnsignedMessage};
 
 use crate::cli::SignArgs;
 use crate::output::{check, input, CliError, CliResult, Output};
@@ -61,9 +61,9 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
         .enumerate();
     let (mut signed, mut failed) = (0usize, 0usize);
     loop {
-        // A block: enough batches to keep every worker busy, bounded in memory.
-        let mut block: Vec<(usize, Result<UnsignedMessage, MessageError>)> =
-            Vec::with_capacity(BATCH * jobs * 4);
+        // A block: enough batches to keep every worker busy, bounded in memory. Lines are
+        // parsed in the workers, not here: this loop only reads.
+        let mut block: Vec<(usize, String)> = Vec::with_capacity(BATCH * jobs * 4);
         for (i, line) in lines.by_ref() {
             let number = i + 1;
             let line =
@@ -71,7 +71,7 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
             if line.trim().is_empty() {
                 continue;
             }
-            block.push((number, UnsignedMessage::from_json(&line)));
+            block.push((number, line));
             if block.len() == BATCH * jobs * 4 {
                 break;
             }
@@ -135,25 +135,34 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
 }
 
 fn sign_lines(
-    batch: &[(usize, Result<UnsignedMessage, MessageError>)],
+    lines: &[(usize, String)],
     rules: &stream::rules::TopicRules,
     signer: &LocalPackageSigner,
     encryptor: &LocalFieldEncryptor,
     key_id: &str,
 ) -> Result<Vec<LineResult>, CliError> {
-    let messages: Vec<UnsignedMessage> = batch
-        .iter()
-        .filter_map(|(_, m)| m.as_ref().ok().cloned())
-        .collect();
+    // Parsed messages move into the batch; a line that does not parse keeps its error.
+    let mut messages = Vec::with_capacity(lines.len());
+    let mut parse_errors: Vec<Option<String>> = Vec::with_capacity(lines.len());
+    for (_, line) in lines {
+        match UnsignedMessage::from_json(line) {
+            Ok(message) => {
+                messages.push(message);
+                parse_errors.push(None);
+            }
+            Err(e) => parse_errors.push(Some(e.to_string())),
+        }
+    }
     let mut packages = sign_batch(&messages, |t| rules.for_topic(t), signer, encryptor, key_id)
         .map_err(check)?
         .into_iter();
-    Ok(batch
+    Ok(lines
         .iter()
-        .map(|(number, parsed)| {
-            let result = match parsed {
-                Err(e) => Err(e.to_string()),
-                Ok(_) => match packages.next() {
+        .zip(parse_errors)
+        .map(|((number, _), parse_error)| {
+            let result = match parse_error {
+                Some(e) => Err(e),
+                None => match packages.next() {
                     Some(Ok(package)) => package.to_json_line().map_err(|e| e.to_string()),
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err("no result from the signer".to_string()),
