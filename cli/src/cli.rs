@@ -59,24 +59,27 @@ pub struct PublishArgs {
     /// Directory for chunk-N.json, chunk-N.bin and manifest.json (created if missing).
     #[arg(long)]
     pub output_dir: PathBuf,
-    /// Owner's X25519 public key (hex).
+    /// Sign and make chunk keys through keyd at this socket (no key files or key flags).
+    #[arg(long, value_name = "SOCKET")]
+    pub keyd: Option<PathBuf>,
+    /// Owner's X25519 public key (hex). Required without --keyd.
     #[arg(long)]
-    pub owner_public_key: String,
-    /// Operator's X25519 public key (hex).
+    pub owner_public_key: Option<String>,
+    /// Operator's X25519 public key (hex). Required without --keyd.
     #[arg(long)]
-    pub operator_public_key: String,
-    /// Machine's X25519 public key (hex).
+    pub operator_public_key: Option<String>,
+    /// Machine's X25519 public key (hex). Required without --keyd.
     #[arg(long)]
-    pub machine_public_key: String,
-    /// File holding the Ed25519 chain signing key (hex).
+    pub machine_public_key: Option<String>,
+    /// File holding the Ed25519 chain signing key (hex). Required without --keyd.
     #[arg(long)]
-    pub signing_key_file: PathBuf,
-    /// Machine DID (did:peaq:0x…).
+    pub signing_key_file: Option<PathBuf>,
+    /// Machine DID (did:peaq:0x…). Required without --keyd.
     #[arg(long)]
-    pub machine_did: String,
-    /// DID key reference (e.g. did:peaq:0x…#keys-1).
+    pub machine_did: Option<String>,
+    /// DID key reference (e.g. did:peaq:0x…#keys-1). Required without --keyd.
     #[arg(long)]
-    pub machine_key_id: String,
+    pub machine_key_id: Option<String>,
     /// Bytes per chunk.
     #[arg(long, default_value_t = stream::chain::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: usize,
@@ -109,9 +112,12 @@ pub struct GrantArgs {
     /// Buyer recipient id (e.g. did:peaq:0x…).
     #[arg(long)]
     pub buyer_id: String,
-    /// File holding the owner's X25519 private key (hex).
+    /// File holding the owner's X25519 private key (hex). Required without --keyd.
     #[arg(long)]
-    pub owner_private_key_file: PathBuf,
+    pub owner_private_key_file: Option<PathBuf>,
+    /// Grant through keyd at this socket, with the machine's box key (which never leaves keyd).
+    #[arg(long, value_name = "SOCKET")]
+    pub keyd: Option<PathBuf>,
     /// Directory for the buyer access files (created if missing).
     #[arg(long)]
     pub output_dir: PathBuf,
@@ -197,18 +203,21 @@ pub struct SignArgs {
     /// Signed packages, one per line (written atomically).
     #[arg(long)]
     pub output: PathBuf,
-    /// File holding the secp256k1 identity key (hex).
+    /// Sign and encrypt fields through keyd at this socket (no key files needed).
+    #[arg(long, value_name = "SOCKET")]
+    pub keyd: Option<PathBuf>,
+    /// File holding the secp256k1 identity key (hex). Required without --keyd.
     #[arg(long)]
-    pub signing_key_file: PathBuf,
-    /// File holding the AES-256 field key (hex).
+    pub signing_key_file: Option<PathBuf>,
+    /// File holding the AES-256 field key (hex). Required without --keyd.
     #[arg(long)]
-    pub field_key_file: PathBuf,
-    /// The signer's DID; must be the identity key's.
+    pub field_key_file: Option<PathBuf>,
+    /// The signer's DID; must be the identity key's (keyd's, with --keyd).
     #[arg(long)]
-    pub did: String,
-    /// signingKeyId written into every package.
+    pub did: Option<String>,
+    /// signingKeyId written into every package (default with --keyd: keyd's identity key id).
     #[arg(long)]
-    pub key_id: String,
+    pub key_id: Option<String>,
     /// On a bad line, write {"line": N, "error": …} and go on (exit 1 at the end).
     #[arg(long)]
     pub keep_going: bool,

@@ -21,10 +21,22 @@ pub fn run(args: GrantArgs, out: &Output) -> CliResult {
     }
     let buyer = BuyerIdentity::new(buyer_id, &args.buyer_public_key)
         .map_err(|e| input(format!("--buyer-public-key: {}", e.reason)))?;
-    let granter = LocalGranter::new(super::read_box_key(
-        &args.owner_private_key_file,
-        "an X25519 private key",
-    )?);
+    let keyd;
+    let local;
+    let granter: &dyn ChunkKeyGranter = match (&args.keyd, &args.owner_private_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(CliError::Input("--owner-private-key-file cannot be used with --keyd: keyd grants with the machine's key".into()))
+        }
+        (Some(socket), None) => {
+            keyd = super::connect_keyd(socket)?;
+            &keyd
+        }
+        (None, file) => {
+            let file = super::required(file, "--owner-private-key-file")?;
+            local = LocalGranter::new(super::read_box_key(&file, "an X25519 private key")?);
+            &local
+        }
+    };
     let chunks = layout::read_chunks(&args.chunk_dir).map_err(input)?;
     if !args.json {
         out.say(format!(

@@ -24,6 +24,18 @@ pub fn read_box_key(path: &Path, what: &'static str) -> Result<BoxKey, CliError>
     Ok(BoxKey::from_secret(&read_key(path, what)?))
 }
 
+/// The value of a flag that is required unless `--keyd` is given.
+pub fn required<T: Clone>(value: &Option<T>, flag: &str) -> Result<T, CliError> {
+    value
+        .clone()
+        .ok_or_else(|| CliError::Input(format!("{flag} is required (or use --keyd SOCKET)")))
+}
+
+/// Connects to keyd.
+pub fn connect_keyd(socket: &Path) -> Result<keyd_proto::client::KeydClient, CliError> {
+    keyd_proto::client::KeydClient::connect(socket).map_err(input)
+}
+
 /// Parses an Ed25519 public key given as hex.
 pub fn parse_ed25519_public(flag: &str, text: &str) -> Result<[u8; 32], CliError> {
     stream::hexenc::decode_array::<32>(flag, text.trim()).map_err(input)

@@ -32,30 +32,79 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
             "--chunk-size must be a positive integer".into(),
         ));
     }
-    if args.machine_did.trim().is_empty() {
-        return Err(CliError::Input("--machine-did must not be empty".into()));
-    }
-    if args.machine_key_id.trim().is_empty() {
-        return Err(CliError::Input("--machine-key-id must not be empty".into()));
-    }
-    let recipients = vec![
-        RecipientSpec::new("owner-1", "owner", &args.owner_public_key)
-            .map_err(|e| input(format!("--owner-public-key: {}", e.reason)))?,
-        RecipientSpec::new("operator-1", "operator", &args.operator_public_key)
-            .map_err(|e| input(format!("--operator-public-key: {}", e.reason)))?,
-        RecipientSpec::new("machine-1", "machine", &args.machine_public_key)
-            .map_err(|e| input(format!("--machine-public-key: {}", e.reason)))?,
-    ];
-    let chain_key = ChainKey::from_secret(&super::read_key(
-        &args.signing_key_file,
-        "an Ed25519 signing key",
-    )?);
-    let signer = LocalChunkSigner::new(
-        chain_key,
-        args.machine_did.clone(),
-        args.machine_key_id.clone(),
-    );
-    let keys = LocalChunkKeys::new(recipients);
+    let keyd;
+    let local_keys;
+    let local_signer;
+    let (keys, signer, machine_did): (&dyn ChunkKeySource, &dyn ChunkHashSigner, String) =
+        match &args.keyd {
+            Some(socket) => {
+                keyd = super::connect_keyd(socket)?;
+                for (given, flag) in [
+                    (args.owner_public_key.is_some(), "--owner-public-key"),
+                    (args.operator_public_key.is_some(), "--operator-public-key"),
+                    (args.machine_public_key.is_some(), "--machine-public-key"),
+                    (args.signing_key_file.is_some(), "--signing-key-file"),
+                ] {
+                    if given {
+                        return Err(CliError::Input(format!("{flag} cannot be used with --keyd: keyd's own configuration names the keys")));
+                    }
+                }
+                let did = keyd.identity().did.clone();
+                if let Some(given) = args.machine_did.as_deref().filter(|d| *d != did) {
+                    return Err(CliError::Input(format!(
+                        "--machine-did {given} is not keyd's DID {did}"
+                    )));
+                }
+                (&keyd, &keyd, did)
+            }
+            None => {
+                let machine_did = super::required(&args.machine_did, "--machine-did")?;
+                let machine_key_id = super::required(&args.machine_key_id, "--machine-key-id")?;
+                if machine_did.trim().is_empty() {
+                    return Err(CliError::Input("--machine-did must not be empty".into()));
+                }
+                if machine_key_id.trim().is_empty() {
+                    return Err(CliError::Input("--machine-key-id must not be empty".into()));
+                }
+                let recipient = |id: &str,
+                                 role: &str,
+                                 value: &Option<String>,
+                                 flag: &str|
+                 -> Result<RecipientSpec, CliError> {
+                    RecipientSpec::new(id, role, &super::required(value, flag)?)
+                        .map_err(|e| input(format!("{flag}: {}", e.reason)))
+                };
+                local_keys = LocalChunkKeys::new(vec![
+                    recipient(
+                        "owner-1",
+                        "owner",
+                        &args.owner_public_key,
+                        "--owner-public-key",
+                    )?,
+                    recipient(
+                        "operator-1",
+                        "operator",
+                        &args.operator_public_key,
+                        "--operator-public-key",
+                    )?,
+                    recipient(
+                        "machine-1",
+                        "machine",
+                        &args.machine_public_key,
+                        "--machine-public-key",
+                    )?,
+                ]);
+                let signing_key_file =
+                    super::required(&args.signing_key_file, "--signing-key-file")?;
+                let chain_key = ChainKey::from_secret(&super::read_key(
+                    &signing_key_file,
+                    "an Ed25519 signing key",
+                )?);
+                local_signer =
+                    LocalChunkSigner::new(chain_key, machine_did.clone(), machine_key_id);
+                (&local_keys, &local_signer, machine_did)
+            }
+        };
 
     let file = File::open(&args.input)
         .map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
@@ -92,8 +141,8 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
     let published = publish_stream(
         file,
         args.chunk_size,
-        &keys,
-        &signer,
+        keys,
+        signer,
         &args.output_dir,
         durability,
         jobs,
@@ -106,7 +155,7 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
         published.source_hash,
         published.total_chunks,
         args.chunk_size as u64,
-        args.machine_did.clone(),
+        machine_did,
     );
     let manifest_path =
         layout::write_manifest(&args.output_dir, &manifest, durability).map_err(check)?;

@@ -12,6 +12,7 @@ use stream::keys::IdentityKey;
 use stream::local::{LocalFieldEncryptor, LocalPackageSigner};
 use stream::rules::load_map_file;
 use stream::sign::{sign_batch, UnsignedMessage};
+use stream::signer::{FieldEncryptor, PackageSigner};
 
 use crate::cli::SignArgs;
 use crate::output::{check, input, CliError, CliResult, Output};
@@ -23,22 +24,57 @@ type LineResult = (usize, Result<String, String>);
 
 pub fn run(args: SignArgs, out: &Output) -> CliResult {
     let rules = load_map_file(&args.map).map_err(input)?;
-    let identity = IdentityKey::from_secret(&super::read_key(
-        &args.signing_key_file,
-        "a secp256k1 private key",
-    )?)
-    .map_err(input)?;
-    let signer = LocalPackageSigner::with_did(identity, &args.did)
-        .map_err(|e| input(format!("--did: {e}")))?;
-    let encryptor =
-        LocalFieldEncryptor::new(&super::read_key(&args.field_key_file, "an AES-256 key")?);
-    if args.key_id.trim().is_empty() {
+    let keyd;
+    let local_signer;
+    let local_encryptor;
+    let (signer, encryptor, key_id, jobs): (
+        &dyn PackageSigner,
+        &dyn FieldEncryptor,
+        String,
+        usize,
+    ) = match &args.keyd {
+        Some(socket) => {
+            if args.signing_key_file.is_some() || args.field_key_file.is_some() {
+                return Err(CliError::Input("--signing-key-file and --field-key-file cannot be used with --keyd: the keys are keyd's".into()));
+            }
+            keyd = super::connect_keyd(socket)?;
+            if let Some(did) = args.did.as_deref().filter(|d| *d != keyd.did()) {
+                return Err(CliError::Input(format!(
+                    "--did {did} is not keyd's DID {}",
+                    keyd.did()
+                )));
+            }
+            let key_id = args
+                .key_id
+                .clone()
+                .unwrap_or_else(|| keyd.identity().identity_key_id.clone());
+            // keyd's sequence guard needs the batches in input order: one at a time.
+            (&keyd, &keyd, key_id, 1)
+        }
+        None => {
+            let identity_file = super::required(&args.signing_key_file, "--signing-key-file")?;
+            let identity = IdentityKey::from_secret(&super::read_key(
+                &identity_file,
+                "a secp256k1 private key",
+            )?)
+            .map_err(input)?;
+            let did = super::required(&args.did, "--did")?;
+            local_signer = LocalPackageSigner::with_did(identity, &did)
+                .map_err(|e| input(format!("--did: {e}")))?;
+            let field_file = super::required(&args.field_key_file, "--field-key-file")?;
+            local_encryptor =
+                LocalFieldEncryptor::new(&super::read_key(&field_file, "an AES-256 key")?);
+            let key_id = super::required(&args.key_id, "--key-id")?;
+            let jobs = args
+                .jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .max(1);
+            (&local_signer, &local_encryptor, key_id, jobs)
+        }
+    };
+    if key_id.trim().is_empty() {
         return Err(CliError::Input("--key-id must not be empty".into()));
     }
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
@@ -79,12 +115,22 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
         if block.is_empty() {
             break;
         }
-        let results: Vec<Vec<LineResult>> = pool.install(|| {
+        let sign =
+            |batch: &[(usize, String)]| sign_lines(batch, &rules, signer, encryptor, &key_id);
+        let results: Vec<Vec<LineResult>> = if jobs == 1 {
+            // In input order, one batch after the other (what keyd's sequence guard needs).
             block
-                .par_chunks(BATCH)
-                .map(|batch| sign_lines(batch, &rules, &signer, &encryptor, &args.key_id))
-                .collect::<Result<Vec<_>, CliError>>()
-        })?;
+                .chunks(BATCH)
+                .map(sign)
+                .collect::<Result<_, CliError>>()?
+        } else {
+            pool.install(|| {
+                block
+                    .par_chunks(BATCH)
+                    .map(sign)
+                    .collect::<Result<_, CliError>>()
+            })?
+        };
         for (number, result) in results.into_iter().flatten() {
             let text = match result {
                 Ok(text) => {
@@ -137,8 +183,8 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
 fn sign_lines(
     lines: &[(usize, String)],
     rules: &stream::rules::TopicRules,
-    signer: &LocalPackageSigner,
-    encryptor: &LocalFieldEncryptor,
+    signer: &dyn PackageSigner,
+    encryptor: &dyn FieldEncryptor,
     key_id: &str,
 ) -> Result<Vec<LineResult>, CliError> {
     // Parsed messages move into the batch; a line that does not parse keeps its error.

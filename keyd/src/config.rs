@@ -1,0 +1,138 @@
+//! keyd's configuration file (TOML). Unknown keys are errors naming the file and key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Which backend holds the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A 0600 key file: development only.
+    Software,
+    /// A PKCS#11 token (SoftHSM in tests, an HSM or tpm2-pkcs11 in the field).
+    Pkcs11,
+    /// Keys sealed to a TPM 2.0.
+    Tpm,
+}
+
+/// A recipient every chunk key is sealed to (besides the machine itself).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientConfig {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub recipient_type: String,
+    pub public_key_hex: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftwareConfig {
+    /// The key file (mode 0600, owned by keyd's user).
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub backend: BackendKind,
+    /// Unix socket keyd listens on (its directory is made 0750, the socket 0660).
+    pub socket: PathBuf,
+    /// Group that owns the socket and its directory (default: keyd's own group).
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Authorization policy (default deny).
+    pub policy: PathBuf,
+    /// Where the sequence guard's state lives.
+    pub state_dir: PathBuf,
+    /// The audit log (one hash-chained JSON line per request).
+    pub audit_log: PathBuf,
+    /// `signingKeyId` of packages; default `{did}#keys-1`.
+    #[serde(default)]
+    pub identity_key_id: Option<String>,
+    /// `keyId` of chunk signatures; default `{did}#keys-1` (as the reference CLI's examples).
+    #[serde(default)]
+    pub chain_key_id: Option<String>,
+    /// Recipients of every chunk key besides the machine (`machine-1`, keyd's own box key).
+    #[serde(default)]
+    pub recipients: Vec<RecipientConfig>,
+    /// Largest batch a request may carry.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Largest step a new sequence number may take above the last one signed.
+    #[serde(default = "default_max_sequence_jump")]
+    pub max_sequence_jump: u64,
+    /// How many sequence numbers to reserve per write of the guard's state.
+    #[serde(default = "default_sequence_reserve")]
+    pub sequence_reserve: u64,
+    /// Requests served at once.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// Per-request timeout, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default)]
+    pub software: Option<SoftwareConfig>,
+}
+
+fn default_max_batch() -> usize {
+    4096
+}
+fn default_max_sequence_jump() -> u64 {
+    1_000_000_000
+}
+fn default_sequence_reserve() -> u64 {
+    4096
+}
+fn default_max_concurrent() -> usize {
+    64
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if config.max_batch == 0
+            || config.sequence_reserve == 0
+            || config.max_concurrent_requests == 0
+        {
+            return Err(invalid(
+                "max_batch, sequence_reserve and max_concurrent_requests must be positive".into(),
+            ));
+        }
+        for (i, r) in config.recipients.iter().enumerate() {
+            stream::keys::parse_x25519_public_hex("public_key_hex", &r.public_key_hex)
+                .map_err(|e| invalid(format!("recipients[{i}] ({}): {e}", r.id)))?;
+        }
+        if config.backend == BackendKind::Software && config.software.is_none() {
+            return Err(invalid(
+                "backend = \"software\" needs a [software] table with key_file".into(),
+            ));
+        }
+        Ok(config)
+    }
+}

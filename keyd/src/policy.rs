@@ -1,0 +1,172 @@
+//! Who may do what: every request is authorized by the caller's Unix credentials
+//! (SO_PEERCRED) against a policy file. Default deny.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The operations a policy grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Identity,
+    SignPackages,
+    SignChunkHashes,
+    NewChunkKeys,
+    Grant,
+    EncryptFields,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Identity => "identity",
+            Operation::SignPackages => "sign_packages",
+            Operation::SignChunkHashes => "sign_chunk_hashes",
+            Operation::NewChunkKeys => "new_chunk_keys",
+            Operation::Grant => "grant",
+            Operation::EncryptFields => "encrypt_fields",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    allow: Vec<Rule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    gids: Vec<u32>,
+    #[serde(default)]
+    groups: Vec<String>,
+    operations: Vec<Operation>,
+}
+
+/// One resolved grant: callers matching any uid or gid may perform the operations.
+#[derive(Debug, Clone)]
+struct Grant {
+    uids: HashSet<u32>,
+    gids: HashSet<u32>,
+    operations: HashSet<Operation>,
+}
+
+/// The loaded policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    grants: Vec<Grant>,
+}
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("policy {path}: {message}")]
+pub struct PolicyError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let error = |message: String| PolicyError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let file: PolicyFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let mut grants = Vec::new();
+        for (i, rule) in file.allow.into_iter().enumerate() {
+            let mut uids: HashSet<u32> = rule.uids.into_iter().collect();
+            for user in &rule.users {
+                uids.insert(
+                    lookup_user(user)
+                        .ok_or_else(|| error(format!("allow[{i}]: no such user {user:?}")))?,
+                );
+            }
+            let mut gids: HashSet<u32> = rule.gids.into_iter().collect();
+            for group in &rule.groups {
+                gids.insert(
+                    lookup_group(group)
+                        .ok_or_else(|| error(format!("allow[{i}]: no such group {group:?}")))?,
+                );
+            }
+            if uids.is_empty() && gids.is_empty() {
+                return Err(error(format!(
+                    "allow[{i}]: names no uid, user, gid or group"
+                )));
+            }
+            grants.push(Grant {
+                uids,
+                gids,
+                operations: rule.operations.into_iter().collect(),
+            });
+        }
+        Ok(Policy { grants })
+    }
+
+    /// Whether a caller with these credentials may perform `operation`.
+    pub fn allows(&self, uid: u32, gid: u32, operation: Operation) -> bool {
+        self.grants.iter().any(|g| {
+            (g.uids.contains(&uid) || g.gids.contains(&gid)) && g.operations.contains(&operation)
+        })
+    }
+}
+
+fn lookup_user(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam returns a pointer to static storage or null; we read one field at once.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    (!entry.is_null()).then(|| unsafe { (*entry).pw_uid })
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam returns a pointer to static storage or null; we read one field at once.
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    (!entry.is_null()).then(|| unsafe { (*entry).gr_gid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_deny_and_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[[allow]]\nuids = [1000]\noperations = [\"sign_packages\", \"identity\"]\n[[allow]]\nusers = [\"root\"]\noperations = [\"grant\"]\n").unwrap();
+        let policy = Policy::load(&path).unwrap();
+        assert!(policy.allows(1000, 5, Operation::SignPackages));
+        assert!(!policy.allows(1000, 5, Operation::Grant));
+        assert!(policy.allows(0, 0, Operation::Grant));
+        assert!(!policy.allows(1001, 1001, Operation::Identity));
+        std::fs::write(
+            &path,
+            "[[allow]]\nuids = [1]\noperations = [\"sign_everything\"]\n",
+        )
+        .unwrap();
+        let err = Policy::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("sign_everything") && err.contains("p.toml"),
+            "{err}"
+        );
+        std::fs::write(&path, "[[allow]]\noperations = [\"identity\"]\n").unwrap();
+        assert!(Policy::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("names no uid"));
+        assert!(Policy::load(&dir.path().join("missing.toml")).is_err());
+        std::fs::write(&path, "").unwrap();
+        assert!(!Policy::load(&path)
+            .unwrap()
+            .allows(0, 0, Operation::Identity));
+    }
+}
