@@ -1,0 +1,452 @@
+//! keyd as a real process on a real Unix socket, with the software backend.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyd_proto::client::KeydClient;
+use stream::json::{self, Value};
+use stream::package::{self, DataPackage};
+use stream::signer::*;
+
+const KEYD: &str = env!("CARGO_BIN_EXE_keyd");
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+impl Daemon {
+    /// Provisions keys and starts keyd; `policy` is the policy file's text.
+    fn start_with(policy: &str, extra_config: &str) -> Daemon {
+        // Short paths: a Unix socket path has at most 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("kd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("policy.toml"), policy).unwrap();
+        let owner = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([11u8; 32]));
+        let config = format!(
+            "backend = \"software\"\nsocket = \"{0}/run/keyd.sock\"\npolicy = \"{0}/policy.toml\"\nstate_dir = \"{0}/state\"\naudit_log = \"{0}/state/audit.jsonl\"\nsequence_reserve = 16\n{extra_config}\n[software]\nkey_file = \"{0}/state/keys.json\"\n[[recipients]]\nid = \"owner-1\"\ntype = \"owner\"\npublic_key_hex = \"{1}\"\n",
+            d.display(),
+            hex::encode(owner.as_bytes())
+        );
+        std::fs::write(d.join("keyd.toml"), config).unwrap();
+        let init = Command::new(KEYD)
+            .args(["init", "--config"])
+            .arg(d.join("keyd.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let mut daemon = Daemon { dir, child: None };
+        daemon.spawn();
+        daemon
+    }
+
+    fn start() -> Daemon {
+        Self::start_with(&format!("[[allow]]\nuids = [{}]\noperations = [\"identity\", \"sign_packages\", \"sign_chunk_hashes\", \"new_chunk_keys\", \"grant\", \"encrypt_fields\"]\n", uid()), "")
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("keyd.log"))
+            .unwrap();
+        let child = Command::new(KEYD)
+            .args(["run", "--config"])
+            .arg(self.path("keyd.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while !self.socket().exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "keyd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn socket(&self) -> PathBuf {
+        self.path("run/keyd.sock")
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("keyd.log")).unwrap_or_default()
+    }
+    fn client(&self) -> KeydClient {
+        KeydClient::connect(&self.socket()).unwrap()
+    }
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+    /// Every secret in the key file, as hex.
+    fn secrets(&self) -> Vec<String> {
+        let keys: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.path("state/keys.json")).unwrap())
+                .unwrap();
+        ["identity", "chain", "box", "field"]
+            .iter()
+            .map(|k| keys[k].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending SIGTERM to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+fn envelope(did: &str, seq: u64) -> Vec<u8> {
+    let payload = json::parse(&format!(r#"{{"x":{seq},"é":[1.5e-7,true,null]}}"#)).unwrap();
+    json::canonical_bytes(&package::envelope(
+        did,
+        &"2026-11-22T10:00:00Z".into(),
+        &"1".into(),
+        &Value::from(seq),
+        &payload,
+    ))
+    .unwrap()
+}
+
+fn refused(result: Result<impl std::fmt::Debug, SignerError>, needle: &str) {
+    match result {
+        Err(SignerError::Refused(message)) => assert!(
+            message.contains(needle),
+            "{message:?} does not mention {needle:?}"
+        ),
+        other => panic!("expected a refusal mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn signatures_verify_and_keys_do_their_one_job() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let did = client.did().to_string();
+    assert_eq!(client.identity().backend, "software");
+    assert_eq!(client.identity().recipients.len(), 2);
+
+    // Packages: EIP-191 over canonical envelopes, verifiable by recovery.
+    let envelopes: Vec<Vec<u8>> = (1..=20).map(|s| envelope(&did, s)).collect();
+    let refs: Vec<&[u8]> = envelopes.iter().map(Vec::as_slice).collect();
+    let signatures = client.sign_envelopes(&refs).unwrap();
+    for (bytes, signature) in envelopes.iter().zip(&signatures) {
+        let doc = json::parse_slice(bytes).unwrap();
+        let package = DataPackage {
+            did: did.clone(),
+            timestamp: doc["timestamp"].clone(),
+            schema_version: doc["schemaVersion"].clone(),
+            sequence_number: doc["sequenceNumber"].clone(),
+            payload: doc["payload"].clone(),
+            signature: package::signature_hex(signature),
+            signing_key_id: None,
+        };
+        package.verify().unwrap();
+    }
+    assert_eq!(client.next_sequence_number().unwrap(), 21);
+
+    // Chunk hashes: Ed25519 with the chain key.
+    let hash = stream::hexenc::sha256_0x(b"chunk");
+    let signature = client.sign_chunk_hashes(&[hash.as_str()]).unwrap()[0];
+    let chain = ed25519_dalek::VerifyingKey::from_bytes(
+        &hex::decode(&client.identity().chain_public_key_hex)
+            .unwrap()
+            .try_into()
+            .unwrap(),
+    )
+    .unwrap();
+    chain
+        .verify_strict(
+            hash.as_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&signature),
+        )
+        .unwrap();
+
+    // Chunk keys: sealed to owner and machine, commitments right.
+    let keys = client.new_chunk_keys(3).unwrap();
+    let owner = stream::keys::BoxKey::from_secret(&stream::keys::Secret32::from_bytes([11u8; 32]));
+    for key in &keys {
+        assert_eq!(
+            key.commitment,
+            stream::hexenc::key_commitment(key.key.expose())
+        );
+        assert_eq!(
+            key.recipients
+                .iter()
+                .map(|r| r.recipient_id.as_str())
+                .collect::<Vec<_>>(),
+            ["owner-1", "machine-1"]
+        );
+        let sealed = hex::decode(&key.recipients[0].wrapped_key_hex).unwrap();
+        assert_eq!(
+            stream::sealed::open_key(&sealed, &owner).unwrap().expose(),
+            key.key.expose()
+        );
+    }
+
+    // Field encryption: AES-256-GCM under the field key.
+    let ciphertexts = client
+        .encrypt_fields(&[b"{\"lat\":1.5}".as_slice()])
+        .unwrap();
+    use base64::Engine as _;
+    let packed = base64::engine::general_purpose::STANDARD
+        .decode(&ciphertexts[0])
+        .unwrap();
+    assert_eq!(packed.len(), 12 + 11 + 16);
+}
+
+#[test]
+fn the_identity_and_chain_keys_refuse_anything_else() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let did = client.did().to_string();
+    let good = envelope(&did, 1);
+    let spaced = String::from_utf8(good.clone())
+        .unwrap()
+        .replace(',', ", ")
+        .into_bytes();
+    refused(client.sign_envelopes(&[&spaced]), "canonical");
+    let foreign = envelope("did:peaq:0x00000000000000000000000000000000000000aa", 2);
+    refused(
+        client.sign_envelopes(&[&good, &foreign]),
+        "envelope 1: did is not",
+    );
+    refused(
+        client.sign_envelopes(&[&[0xde, 0xad, 0xbe, 0xef]]),
+        "not JSON",
+    );
+    let tx = br#"{"chainId":1,"nonce":0,"to":"0x00","value":1}"#;
+    refused(client.sign_envelopes(&[tx.as_slice()]), "exactly the keys");
+    // Nothing was signed by the refused batches.
+    assert_eq!(client.next_sequence_number().unwrap(), 0);
+    let upper = stream::hexenc::sha256_0x(b"x")
+        .to_uppercase()
+        .replace("0X", "0x");
+    refused(client.sign_chunk_hashes(&[upper.as_str()]), "lowercase");
+    refused(client.sign_chunk_hashes(&["hello"]), "hash 0");
+}
+
+#[test]
+fn sequence_numbers_never_repeat_across_kill_9() {
+    let mut daemon = Daemon::start();
+    let client = daemon.client();
+    let did = client.did().to_string();
+    let sign = |client: &KeydClient, seqs: &[u64]| {
+        let envelopes: Vec<Vec<u8>> = seqs.iter().map(|s| envelope(&did, *s)).collect();
+        let refs: Vec<&[u8]> = envelopes.iter().map(Vec::as_slice).collect();
+        client.sign_envelopes(&refs)
+    };
+    sign(&client, &[1, 2, 3, 5]).unwrap();
+    refused(sign(&client, &[5]), "not above 5");
+    refused(sign(&client, &[4]), "not above 5");
+    refused(sign(&client, &[6, 6]), "item 1");
+    sign(&client, &[6]).unwrap();
+    drop(client);
+    daemon.kill9();
+    daemon.spawn();
+    let client = daemon.client();
+    let next = client.next_sequence_number().unwrap();
+    assert!(
+        next > 6,
+        "continues above everything that may have been signed, got {next}"
+    );
+    for seq in [1, 5, 6, next - 1] {
+        refused(sign(&client, &[seq]), "not above");
+    }
+    sign(&client, &[next]).unwrap();
+    // A second crash right after a reservation.
+    drop(client);
+    daemon.kill9();
+    daemon.spawn();
+    let client = daemon.client();
+    refused(sign(&client, &[next]), "not above");
+}
+
+#[test]
+fn callers_outside_the_policy_are_denied_and_audited() {
+    let daemon = Daemon::start_with(
+        &format!(
+            "[[allow]]\nuids = [{}]\noperations = [\"identity\"]\n",
+            uid()
+        ),
+        "",
+    );
+    let client = daemon.client(); // identity is allowed
+    let did = client.did().to_string();
+    let denied = |r: Result<_, SignerError>| match r {
+        Err(SignerError::Refused(m)) => assert!(m.contains("policy"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("allowed"),
+    };
+    denied(client.sign_envelopes(&[&envelope(&did, 1)]).map(|_| ()));
+    denied(
+        client
+            .sign_chunk_hashes(&[stream::hexenc::sha256_0x(b"x").as_str()])
+            .map(|_| ()),
+    );
+    denied(client.new_chunk_keys(1).map(|_| ()));
+    denied(client.encrypt_fields(&[b"1".as_slice()]).map(|_| ()));
+    let buyer = stream::access::BuyerIdentity::new("b", &"11".repeat(32)).unwrap();
+    denied(client.grant(&[], &buyer).map(|_| ()));
+    let audit = std::fs::read_to_string(daemon.path("state/audit.jsonl")).unwrap();
+    assert_eq!(audit.matches("\"result\":\"denied\"").count(), 5, "{audit}");
+}
+
+#[test]
+fn another_uid_is_denied_by_peer_credentials() {
+    if uid() != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv to run a client as another uid");
+        return;
+    }
+    // The socket is group nogroup so that uid 65534 can connect; the policy allows only us.
+    let daemon = Daemon::start_with(
+        &format!("[[allow]]\nuids = [{}]\noperations = [\"identity\", \"sign_packages\", \"sign_chunk_hashes\", \"new_chunk_keys\", \"grant\", \"encrypt_fields\"]\n", uid()),
+        "socket_group = \"nogroup\"",
+    );
+    // nobody needs to reach the binary and the socket's directory.
+    let bin_dir = tempfile::Builder::new()
+        .prefix("kdbin")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let bin = bin_dir.path().join("keyd");
+    std::fs::copy(KEYD, &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["identity", "--socket"])
+        .arg(daemon.socket())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("uid 65534") && stderr.contains("policy"),
+        "{stderr}"
+    );
+    // ... while we are served.
+    daemon.client();
+}
+
+#[test]
+fn the_audit_chain_verifies_and_catches_edits() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let did = client.did().to_string();
+    for seq in 1..=3 {
+        client.sign_envelopes(&[&envelope(&did, seq)]).unwrap();
+    }
+    let _ = client.sign_chunk_hashes(&["nope"]);
+    let audit = daemon.path("state/audit.jsonl");
+    let verify = |path: &Path| {
+        Command::new(KEYD)
+            .args(["audit", "verify"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&audit);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text.contains("\"op\":\"sign_chunk_hashes\"") && text.contains("InvalidArgument"));
+    let lines: Vec<&str> = text.lines().collect();
+    let edited = daemon.path("edited.jsonl");
+    let mut copy: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    copy[2] = copy[2].replace("\"batch\":1", "\"batch\":2");
+    std::fs::write(&edited, copy.join("\n") + "\n").unwrap();
+    let out = verify(&edited);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 4"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deleted = daemon.path("deleted.jsonl");
+    let kept: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, l)| *l)
+        .collect();
+    std::fs::write(&deleted, kept.join("\n") + "\n").unwrap();
+    let out = verify(&deleted);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
+
+#[test]
+fn no_core_dumps_and_no_key_bytes_in_any_output() {
+    let daemon = Daemon::start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().filter(|w| *w == "0").count(),
+        2,
+        "{core}"
+    );
+
+    let client = daemon.client();
+    let did = client.did().to_string();
+    client.sign_envelopes(&[&envelope(&did, 1)]).unwrap();
+    let _ = client.sign_envelopes(&[&envelope(&did, 1)]);
+    let _ = client.sign_chunk_hashes(&["bad"]);
+    let _ = client.new_chunk_keys(2).unwrap();
+    let debug = format!("{client:?}");
+    drop(client);
+    let everything = format!(
+        "{}{}{debug}",
+        daemon.log(),
+        std::fs::read_to_string(daemon.path("state/audit.jsonl")).unwrap()
+    );
+    assert!(
+        everything.contains("SOFTWARE BACKEND"),
+        "keyd says loudly that it is a development backend"
+    );
+    for secret in daemon.secrets() {
+        assert!(
+            !everything.contains(&secret),
+            "a key appeared in logs, audit or Debug output"
+        );
+    }
+}
