@@ -101,6 +101,7 @@ def reference_sign_rate(messages: list[dict], map_doc: dict, keys_dir: Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--primitives", required=True)
+    parser.add_argument("--keyd", required=True, help="JSON printed by keyd's socket bench")
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sign-messages", type=int, default=100_000)
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
     args = parser.parse_args()
     prim = json.loads(args.primitives)
+    kd = json.loads(args.keyd)
     cores = os.cpu_count() or 1
     from gen import generate
 
@@ -212,6 +214,19 @@ def main() -> None:
         f"AEAD + the 3 SHA-256 passes the format needs per byte {prim['aead_sha_mbps']:.0f} MB/s, "
         f"our whole per-chunk seal (key, 3 sealed boxes, AEAD, 2 hashes, Ed25519) {prim['seal_chunk_mbps']:.0f} MB/s, "
         f"k256 EIP-191 {prim['eip191_signs_per_s']:,.0f} signatures/s.",
+    ]
+    lines += [
+        "",
+        "keyd, software backend, EIP-191 package signatures over the Unix socket "
+        f"(`cargo bench -p keyd --bench socket`, same run), next to in-process k256: "
+        f"{kd['in_process_per_s']:,.0f}/s on one core, {kd['in_process_all_cores_per_s']:,.0f}/s on {kd['cores']} cores.",
+        "",
+        "| keyd | signatures/s | vs in-process k256 (all cores) | p50 | p99 | goal |",
+        "|---|---|---|---|---|---|",
+        f"| unbatched, blocking client (`KeydClient`) | {kd['unbatched_per_s']:,.0f} | {kd['unbatched_per_s'] / kd['in_process_all_cores_per_s']:.0%} | {kd['unbatched_p50_us']:.0f} µs | {kd['unbatched_p99_us']:.0f} µs | p99 < 250 µs |",
+        f"| unbatched, async client | {kd['unbatched_async_per_s']:,.0f} | {kd['unbatched_async_per_s'] / kd['in_process_all_cores_per_s']:.0%} | {kd['unbatched_async_p50_us']:.0f} µs | {kd['unbatched_async_p99_us']:.0f} µs | p99 < 250 µs |",
+        f"| batched ({kd['batch_size']} per call) | {kd['batched_per_s']:,.0f} | {kd['batched_per_s'] / kd['in_process_all_cores_per_s']:.0%} | {kd['batched_p50_us'] / 1000:.1f} ms | {kd['batched_p99_us'] / 1000:.1f} ms | >= 90% |",
+        f"| streamed ({kd['batch_size']} per message, pipelined) | {kd['streamed_per_s']:,.0f} | {kd['streamed_per_s'] / kd['in_process_all_cores_per_s']:.0%} | | | |",
     ]
     report = "\n".join(lines)
     print(report)

@@ -218,14 +218,10 @@ impl KeydService {
     /// Signs a batch of envelopes: each must be a canonical envelope of this DID; the
     /// sequence numbers must pass the guard, which persists before any signature leaves.
     fn sign_packages_batch(&self, envelopes: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, Status> {
-        let numbers = envelopes
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                check_envelope(e, &self.did)
-                    .map_err(|reason| Status::invalid_argument(format!("envelope {i}: {reason}")))
-            })
-            .collect::<Result<Vec<u64>, Status>>()?;
+        let numbers = parallel_map(envelopes, |i, e| {
+            check_envelope(e, &self.did)
+                .map_err(|reason| Status::invalid_argument(format!("envelope {i}: {reason}")))
+        })?;
         {
             let mut guard = self
                 .guard
@@ -236,15 +232,12 @@ impl KeydService {
                 _ => Status::failed_precondition(e.to_string()),
             })?;
         }
-        envelopes
-            .iter()
-            .map(|e| {
-                self.backend
-                    .sign_secp256k1_prehash(&package::eip191_hash(e))
-                    .map(|s| s.to_vec())
-                    .map_err(|e| Status::unavailable(e.to_string()))
-            })
-            .collect()
+        parallel_map(envelopes, |_, e| {
+            self.backend
+                .sign_secp256k1_prehash(&package::eip191_hash(e))
+                .map(|s| s.to_vec())
+                .map_err(|e| Status::unavailable(e.to_string()))
+        })
     }
 
     fn sign_chunk_hashes_batch(&self, hashes: &[String]) -> Result<Vec<Vec<u8>>, Status> {
@@ -255,15 +248,12 @@ impl KeydService {
                 )));
             }
         }
-        hashes
-            .iter()
-            .map(|h| {
-                self.backend
-                    .sign_ed25519(h.as_bytes())
-                    .map(|s| s.to_vec())
-                    .map_err(|e| Status::unavailable(e.to_string()))
-            })
-            .collect()
+        parallel_map(hashes, |_, h| {
+            self.backend
+                .sign_ed25519(h.as_bytes())
+                .map(|s| s.to_vec())
+                .map_err(|e| Status::unavailable(e.to_string()))
+        })
     }
 
     /// Fresh keys from the backend's randomness mixed with the OS's, sealed to every recipient.
@@ -426,13 +416,70 @@ pub fn check_envelope(bytes: &[u8], did: &str) -> Result<u64, String> {
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<v1::SignPackagesResponse, Status>> + Send>>;
 
-/// Runs CPU-bound work off the async workers.
-async fn blocking<T: Send + 'static>(
+/// Batches up to this size run on the async worker (a few signatures take less than a
+/// thread hand-off); larger ones on the blocking pool.
+const INLINE_MAX: usize = 4;
+
+/// Runs a request's work inline when it is small, else off the async workers.
+async fn offload<T: Send + 'static>(
+    items: usize,
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Status::internal("worker failed"))?
+    if items <= INLINE_MAX {
+        f()
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|_| Status::internal("worker failed"))?
+    }
+}
+
+/// Batches at least this large are split across the cores.
+const PARALLEL_MIN: usize = 64;
+
+/// `f(index, item)` for every item, in order; large batches split across the cores.
+/// The first error (by index) wins.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(usize, &T) -> Result<R, Status> + Sync,
+) -> Result<Vec<R>, Status> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < PARALLEL_MIN || threads == 1 {
+        return items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| f(i, item))
+            .collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<R>, Status>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .enumerate()
+            .map(|(part, chunk)| {
+                let f = &f;
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| f(part * per + i, item))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Status::internal("a signing thread failed")))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 /// The gRPC face of [`KeydService`].
@@ -460,7 +507,7 @@ impl Keyd for KeydApi {
         let caller = KeydService::caller(&request);
         let envelopes = request.into_inner().envelopes;
         let service = Arc::clone(&self.0);
-        blocking(move || {
+        offload(envelopes.len(), move || {
             let n = envelopes.len();
             service.run(caller, Operation::SignPackages, "identity", n, || {
                 service.sign_packages_batch(&envelopes)
@@ -484,7 +531,7 @@ impl Keyd for KeydApi {
                 let result = match batch {
                     Ok(batch) => {
                         let service = Arc::clone(&service);
-                        blocking(move || {
+                        offload(batch.envelopes.len(), move || {
                             let n = batch.envelopes.len();
                             service.run(caller, Operation::SignPackages, "identity", n, || {
                                 service.sign_packages_batch(&batch.envelopes)
@@ -511,7 +558,7 @@ impl Keyd for KeydApi {
         let caller = KeydService::caller(&request);
         let hashes = request.into_inner().hashes;
         let service = Arc::clone(&self.0);
-        blocking(move || {
+        offload(hashes.len(), move || {
             service.run(
                 caller,
                 Operation::SignChunkHashes,
@@ -531,7 +578,7 @@ impl Keyd for KeydApi {
         let caller = KeydService::caller(&request);
         let count = request.into_inner().count as usize;
         let service = Arc::clone(&self.0);
-        blocking(move || {
+        offload(count, move || {
             service.run(
                 caller,
                 Operation::NewChunkKeys,
@@ -551,7 +598,7 @@ impl Keyd for KeydApi {
         let caller = KeydService::caller(&request);
         let request = request.into_inner();
         let service = Arc::clone(&self.0);
-        blocking(move || {
+        offload(request.chunk_envelopes.len(), move || {
             let n = request.chunk_envelopes.len();
             service.run(caller, Operation::Grant, "machine-box", n, || {
                 service.grant_batch(&request)
@@ -568,7 +615,7 @@ impl Keyd for KeydApi {
         let caller = KeydService::caller(&request);
         let plaintexts = request.into_inner().plaintexts;
         let service = Arc::clone(&self.0);
-        blocking(move || {
+        offload(plaintexts.len(), move || {
             service.run(
                 caller,
                 Operation::EncryptFields,

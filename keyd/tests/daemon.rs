@@ -1,132 +1,16 @@
 //! keyd as a real process on a real Unix socket, with the software backend.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{uid, Daemon, KEYD};
 
 use keyd_proto::client::KeydClient;
 use stream::json::{self, Value};
 use stream::package::{self, DataPackage};
 use stream::signer::*;
-
-const KEYD: &str = env!("CARGO_BIN_EXE_keyd");
-
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-fn uid() -> u32 {
-    // SAFETY: getuid cannot fail.
-    unsafe { libc::getuid() }
-}
-
-impl Daemon {
-    /// Provisions keys and starts keyd; `policy` is the policy file's text.
-    fn start_with(policy: &str, extra_config: &str) -> Daemon {
-        // Short paths: a Unix socket path has at most 107 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("kd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("policy.toml"), policy).unwrap();
-        let owner = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([11u8; 32]));
-        let config = format!(
-            "backend = \"software\"\nsocket = \"{0}/run/keyd.sock\"\npolicy = \"{0}/policy.toml\"\nstate_dir = \"{0}/state\"\naudit_log = \"{0}/state/audit.jsonl\"\nsequence_reserve = 16\n{extra_config}\n[software]\nkey_file = \"{0}/state/keys.json\"\n[[recipients]]\nid = \"owner-1\"\ntype = \"owner\"\npublic_key_hex = \"{1}\"\n",
-            d.display(),
-            hex::encode(owner.as_bytes())
-        );
-        std::fs::write(d.join("keyd.toml"), config).unwrap();
-        let init = Command::new(KEYD)
-            .args(["init", "--config"])
-            .arg(d.join("keyd.toml"))
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let mut daemon = Daemon { dir, child: None };
-        daemon.spawn();
-        daemon
-    }
-
-    fn start() -> Daemon {
-        Self::start_with(&format!("[[allow]]\nuids = [{}]\noperations = [\"identity\", \"sign_packages\", \"sign_chunk_hashes\", \"new_chunk_keys\", \"grant\", \"encrypt_fields\"]\n", uid()), "")
-    }
-
-    fn spawn(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("keyd.log"))
-            .unwrap();
-        let child = Command::new(KEYD)
-            .args(["run", "--config"])
-            .arg(self.path("keyd.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let start = Instant::now();
-        while !self.socket().exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "keyd did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn socket(&self) -> PathBuf {
-        self.path("run/keyd.sock")
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("keyd.log")).unwrap_or_default()
-    }
-    fn client(&self) -> KeydClient {
-        KeydClient::connect(&self.socket()).unwrap()
-    }
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-    /// Every secret in the key file, as hex.
-    fn secrets(&self) -> Vec<String> {
-        let keys: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(self.path("state/keys.json")).unwrap())
-                .unwrap();
-        ["identity", "chain", "box", "field"]
-            .iter()
-            .map(|k| keys[k].as_str().unwrap().to_string())
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: sending SIGTERM to our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
-    }
-}
 
 fn envelope(did: &str, seq: u64) -> Vec<u8> {
     let payload = json::parse(&format!(r#"{{"x":{seq},"é":[1.5e-7,true,null]}}"#)).unwrap();

@@ -1,0 +1,168 @@
+//! keyd signatures over the Unix socket (software backend), each next to the in-process
+//! k256 rate of the same operation measured in the same run. Prints one JSON object.
+//! Run by scripts/bench (or `cargo bench -p keyd --bench socket`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use keyd_proto::v1;
+use stream::json::{self, Value};
+use stream::package;
+use stream::signer::PackageSigner;
+
+const BATCH: usize = 256;
+
+fn envelopes(did: &str, from: u64, count: usize) -> Vec<Vec<u8>> {
+    (0..count as u64)
+        .map(|i| {
+            let payload = json::parse(&format!(
+                r#"{{"seq":{},"temp":21.5,"unit":"C","imu":[0.01,-0.002,9.81]}}"#,
+                from + i
+            ))
+            .unwrap();
+            json::canonical_bytes(&package::envelope(
+                did,
+                &"2026-11-22T10:00:00Z".into(),
+                &"1".into(),
+                &Value::from(from + i),
+                &payload,
+            ))
+            .unwrap()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6
+}
+
+fn main() {
+    let daemon = common::Daemon::start_default();
+    let client = daemon.client();
+    let did = client.did().to_string();
+    let mut next = client.next_sequence_number().unwrap();
+
+    // In process: the same EIP-191 signatures with k256, one thread.
+    let key = k256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+    let sample = envelopes(&did, 0, 2000);
+    let start = Instant::now();
+    for e in &sample {
+        std::hint::black_box(package::sign_eip191(&key, e));
+    }
+    let in_process = sample.len() as f64 / start.elapsed().as_secs_f64();
+    // ... and on every core, as keyd signs large batches.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for part in sample.chunks(sample.len().div_ceil(threads)) {
+            let key = &key;
+            scope.spawn(move || {
+                for e in part {
+                    std::hint::black_box(package::sign_eip191(key, e));
+                }
+            });
+        }
+    });
+    let in_process_all = sample.len() as f64 / start.elapsed().as_secs_f64();
+
+    // Unbatched: one envelope per call, latency of each.
+    let n = 2000;
+    let batch = envelopes(&did, next, n);
+    next += n as u64;
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for e in &batch {
+        let t = Instant::now();
+        client.sign_envelopes(&[e.as_slice()]).unwrap();
+        latencies.push(t.elapsed());
+    }
+    let unbatched = n as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+
+    // Unbatched again, from an async client on a current-thread runtime (no hand-off
+    // between the caller's thread and the client's runtime): keyd's own latency.
+    let batch = envelopes(&did, next, n);
+    next += n as u64;
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (async_rate, mut async_latencies) = single.block_on(async {
+        let channel = keyd_proto::client::connect_channel(&daemon.socket())
+            .await
+            .unwrap();
+        let mut raw = v1::keyd_client::KeydClient::new(channel);
+        let mut latencies = Vec::with_capacity(n);
+        let start = Instant::now();
+        for e in &batch {
+            let t = Instant::now();
+            raw.sign_packages(v1::SignPackagesRequest {
+                envelopes: vec![e.clone()],
+            })
+            .await
+            .unwrap();
+            latencies.push(t.elapsed());
+        }
+        (n as f64 / start.elapsed().as_secs_f64(), latencies)
+    });
+    async_latencies.sort();
+
+    // Batched: BATCH envelopes per call.
+    let total = 40 * BATCH;
+    let all = envelopes(&did, next, total);
+    next += total as u64;
+    let mut batch_latencies = Vec::new();
+    let start = Instant::now();
+    for chunk in all.chunks(BATCH) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let t = Instant::now();
+        client.sign_envelopes(&refs).unwrap();
+        batch_latencies.push(t.elapsed());
+    }
+    let batched = total as f64 / start.elapsed().as_secs_f64();
+    batch_latencies.sort();
+
+    // Streamed: batches pipelined on one bidirectional stream.
+    let all = envelopes(&did, next, total);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let streamed = runtime.block_on(async {
+        let channel = keyd_proto::client::connect_channel(&daemon.socket())
+            .await
+            .unwrap();
+        let mut raw = v1::keyd_client::KeydClient::new(channel);
+        let requests: Vec<v1::SignPackagesRequest> = all
+            .chunks(BATCH)
+            .map(|c| v1::SignPackagesRequest {
+                envelopes: c.to_vec(),
+            })
+            .collect();
+        let start = Instant::now();
+        let mut responses = raw
+            .sign_packages_stream(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut signed = 0;
+        while let Some(r) = responses.message().await.unwrap() {
+            signed += r.signatures.len();
+        }
+        assert_eq!(signed, total);
+        total as f64 / start.elapsed().as_secs_f64()
+    });
+
+    println!(
+        "{{\"cores\":{threads},\"in_process_per_s\":{in_process:.0},\"in_process_all_cores_per_s\":{in_process_all:.0},\"unbatched_per_s\":{unbatched:.0},\"unbatched_p50_us\":{:.0},\"unbatched_p99_us\":{:.0},\"unbatched_async_per_s\":{async_rate:.0},\"unbatched_async_p50_us\":{:.0},\"unbatched_async_p99_us\":{:.0},\"batched_per_s\":{batched:.0},\"batch_size\":{BATCH},\"batched_p50_us\":{:.0},\"batched_p99_us\":{:.0},\"streamed_per_s\":{streamed:.0}}}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&async_latencies, 0.5),
+        percentile(&async_latencies, 0.99),
+        percentile(&batch_latencies, 0.5),
+        percentile(&batch_latencies, 0.99),
+    );
+}
