@@ -5,15 +5,7 @@
 //!   keyd identity --socket PATH [--json] ask a running keyd who it is
 //!   keyd audit verify FILE               check an audit log's hash chain
 
-mod audit;
-mod backend;
-mod config;
-mod guard;
-mod harden;
-mod policy;
-mod server;
-mod service;
-
+use keyd::{audit, backend, config, harden, server};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
