@@ -74,6 +74,8 @@ pub struct Config {
     pub request_timeout_ms: u64,
     #[serde(default)]
     pub software: Option<SoftwareConfig>,
+    #[serde(default)]
+    pub pkcs11: Option<crate::backend::pkcs11::Pkcs11Config>,
 }
 
 fn default_max_batch() -> usize {
@@ -127,6 +129,9 @@ impl Config {
         for (i, r) in config.recipients.iter().enumerate() {
             stream::keys::parse_x25519_public_hex("public_key_hex", &r.public_key_hex)
                 .map_err(|e| invalid(format!("recipients[{i}] ({}): {e}", r.id)))?;
+        }
+        if config.backend == BackendKind::Pkcs11 && config.pkcs11.is_none() {
+            return Err(invalid("backend = \"pkcs11\" needs a [pkcs11] table with token_label and pin_file or pin_env".into()));
         }
         if config.backend == BackendKind::Software && config.software.is_none() {
             return Err(invalid(

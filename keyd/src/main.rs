@@ -36,6 +36,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Report how the configured backend protects each key.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Ask a running keyd for its identity.
     Identity {
         #[arg(long)]
@@ -67,6 +72,7 @@ fn main() {
     let result = match cli.command {
         Command::Init { config, force } => init(&config, force),
         Command::Run { config } => run(&config),
+        Command::Status { config } => status(&config),
         Command::Identity { socket, json } => identity(&socket, json),
         Command::Audit(AuditCommand::Verify { file }) => match audit::verify(&file) {
             Ok(lines) => {
@@ -102,10 +108,15 @@ fn init(path: &std::path::Path, force: bool) -> CmdResult {
             backend::software::SoftwareBackend::generate(&software.key_file, force)
                 .map_err(input)?;
         }
-        other => {
-            return Err(input(format!(
-                "the {other:?} backend is not available in this build yet"
-            )))
+        config::BackendKind::Pkcs11 => {
+            let pkcs11 = config
+                .pkcs11
+                .as_ref()
+                .ok_or_else(|| input("[pkcs11] is missing"))?;
+            backend::pkcs11::generate(pkcs11, force).map_err(input)?;
+        }
+        config::BackendKind::Tpm => {
+            return Err(input("the tpm backend is not available in this build yet"))
         }
     }
     let backend = server::load_backend(&config).map_err(input)?;
@@ -122,6 +133,36 @@ fn init(path: &std::path::Path, force: bool) -> CmdResult {
         serde_json::to_string_pretty(&summary).unwrap_or_default()
     );
     Ok(())
+}
+
+fn status(path: &std::path::Path) -> CmdResult {
+    let config = config::Config::load(path).map_err(input)?;
+    let keys: Vec<serde_json::Value> = match config.backend {
+        config::BackendKind::Pkcs11 => {
+            let pkcs11 = config.pkcs11.as_ref().ok_or_else(|| input("[pkcs11] is missing"))?;
+            backend::pkcs11::key_protection(pkcs11)
+                .map_err(|e| (1, e.to_string()))?
+                .into_iter()
+                .map(|(key, protected)| {
+                    serde_json::json!({"key": key, "inToken": true, "sensitive": protected, "extractable": !protected})
+                })
+                .collect()
+        }
+        config::BackendKind::Software => ["identity", "chain", "box", "field"]
+            .iter()
+            .map(|key| serde_json::json!({"key": key, "inToken": false, "sensitive": false, "extractable": true}))
+            .collect(),
+        config::BackendKind::Tpm => return Err(input("the tpm backend is not available in this build yet")),
+    };
+    let protected = keys
+        .iter()
+        .all(|k| k["sensitive"] == true && k["extractable"] == false);
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"backend": format!("{:?}", config.backend).to_lowercase(), "keys": keys})).unwrap_or_default());
+    if protected {
+        Ok(())
+    } else {
+        Err((1, "not every key is sensitive and non-extractable".into()))
+    }
 }
 
 fn run(path: &std::path::Path) -> CmdResult {

@@ -31,10 +31,16 @@ pub fn load_backend(config: &Config) -> Result<Arc<dyn Backend>, String> {
                 SoftwareBackend::load(&software.key_file).map_err(|e| e.to_string())?,
             ))
         }
-        BackendKind::Pkcs11 | BackendKind::Tpm => Err(format!(
-            "the {:?} backend is not available in this build yet",
-            config.backend
-        )),
+        BackendKind::Pkcs11 => {
+            let pkcs11 = config
+                .pkcs11
+                .as_ref()
+                .ok_or("backend = \"pkcs11\" needs [pkcs11]")?;
+            Ok(Arc::new(
+                crate::backend::pkcs11::Pkcs11Backend::load(pkcs11).map_err(|e| e.to_string())?,
+            ))
+        }
+        BackendKind::Tpm => Err("the tpm backend is not available in this build yet".into()),
     }
 }
 

@@ -36,10 +36,55 @@ fn refused(result: Result<impl std::fmt::Debug, SignerError>, needle: &str) {
 
 #[test]
 fn signatures_verify_and_keys_do_their_one_job() {
-    let daemon = Daemon::start();
+    signatures_verify_on(&Daemon::start(), "software");
+}
+
+#[test]
+fn pkcs11_signatures_verify_and_keys_stay_in_the_token() {
+    let Some(daemon) = Daemon::start_pkcs11() else {
+        return;
+    };
+    signatures_verify_on(&daemon, "tee");
+    let status = Command::new(KEYD)
+        .envs(daemon.env())
+        .args(["status", "--config"])
+        .arg(daemon.path("keyd.toml"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let keys = report["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 4);
+    for key in keys {
+        assert_eq!(
+            (
+                key["inToken"].as_bool(),
+                key["sensitive"].as_bool(),
+                key["extractable"].as_bool()
+            ),
+            (Some(true), Some(true), Some(false)),
+            "{key}"
+        );
+    }
+    // The software backend reports the truth too: not protected.
+    let software = Daemon::start();
+    let status = Command::new(KEYD)
+        .args(["status", "--config"])
+        .arg(software.path("keyd.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(1));
+}
+
+fn signatures_verify_on(daemon: &Daemon, backend: &str) {
     let client = daemon.client();
     let did = client.did().to_string();
-    assert_eq!(client.identity().backend, "software");
+    assert_eq!(client.identity().backend, backend);
     assert_eq!(client.identity().recipients.len(), 2);
 
     // Packages: EIP-191 over canonical envelopes, verifiable by recovery.

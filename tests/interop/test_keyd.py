@@ -1,5 +1,6 @@
 """keyd from other languages and against the reference: a Python gRPC client with stubs
-generated from proto/ at test time, and the conformance suite on the software backend."""
+generated from proto/ at test time, and the conformance suite, on every backend built
+(software, and pkcs11 on a fresh SoftHSM token)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,17 @@ from conftest import OURS, ROOT, ours, ref
 from test_packages import package_from_line
 
 
-@pytest.fixture(scope="module")
-def keyd(tmp_path_factory):
-    """A throw-away keyd (software backend) started by scripts/keyd-dev."""
+@pytest.fixture(scope="module", params=["software", "pkcs11"])
+def keyd(request, tmp_path_factory):
+    """A throw-away keyd started by scripts/keyd-dev, on each backend (pkcs11: SoftHSM)."""
     work = tmp_path_factory.mktemp("keyd")
     # Short, private directory: Unix socket paths are limited to 107 bytes.
     directory = Path(subprocess.run(["mktemp", "-d", "/tmp/kdpyXXXX"], capture_output=True, text=True, check=True).stdout.strip())
-    start = subprocess.run([str(ROOT / "scripts" / "keyd-dev"), "start", "--dir", str(directory)], capture_output=True, text=True)
+    start = subprocess.run([str(ROOT / "scripts" / "keyd-dev"), "start", "--backend", request.param, "--dir", str(directory)],
+                           capture_output=True, text=True)
     assert start.returncode == 0, start.stderr
     socket = start.stdout.strip().splitlines()[-1]
-    yield {"socket": socket, "dir": directory, "keys": directory / "keys", "work": work}
+    yield {"socket": socket, "dir": directory, "keys": directory / "keys", "work": work, "backend": request.param}
     subprocess.run([str(ROOT / "scripts" / "keyd-dev"), "stop", "--dir", str(directory)], check=False)
 
 
@@ -54,11 +56,12 @@ def channel(keyd):
         yield ch
 
 
-def test_python_client_identity_and_package_signatures(stubs, channel):
+def test_python_client_identity_and_package_signatures(stubs, channel, keyd):
     pb, pb_grpc = stubs
     client = pb_grpc.KeydStub(channel)
     identity = client.Identity(pb.IdentityRequest())
-    assert identity.did.startswith("did:peaq:0x") and identity.backend == "software"
+    assert identity.did.startswith("did:peaq:0x")
+    assert (identity.backend, identity.backend_detail) == ({"software": "software", "pkcs11": "tee"}[keyd["backend"]], keyd["backend"])
     start = identity.next_sequence_number
     envelopes, packages = [], []
     for i in range(10):

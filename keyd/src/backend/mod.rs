@@ -2,6 +2,7 @@
 //! sequence guard, policy and audit are above them, in [`crate::service`], the same for
 //! every backend.
 
+pub mod pkcs11;
 pub mod software;
 
 use zeroize::Zeroizing;

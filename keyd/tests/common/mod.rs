@@ -22,6 +22,29 @@ pub fn uid() -> u32 {
 impl Daemon {
     /// Provisions keys and starts keyd; `policy` is the policy file's text.
     pub fn start_with(policy: &str, extra_config: &str) -> Daemon {
+        Self::start_backend(policy, extra_config, false)
+    }
+
+    /// keyd on a fresh SoftHSM token; `None` when SoftHSM is not installed.
+    pub fn start_pkcs11() -> Option<Daemon> {
+        if !std::path::Path::new("/usr/lib/softhsm/libsofthsm2.so").exists() {
+            eprintln!("skipped: SoftHSM is not installed (scripts/setup installs it)");
+            return None;
+        }
+        Some(Self::start_backend(&Self::allow_all(), "", true))
+    }
+
+    /// The environment keyd's processes need (SoftHSM's configuration for pkcs11).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let conf = self.path("softhsm2.conf");
+        if conf.exists() {
+            vec![("SOFTHSM2_CONF".into(), conf.display().to_string())]
+        } else {
+            vec![]
+        }
+    }
+
+    fn start_backend(policy: &str, extra_config: &str, pkcs11: bool) -> Daemon {
         // Short paths: a Unix socket path has at most 107 bytes.
         let dir = tempfile::Builder::new()
             .prefix("kd")
@@ -35,12 +58,61 @@ impl Daemon {
             d.display(),
             hex::encode(owner.as_bytes())
         );
+        let config = if pkcs11 {
+            std::fs::create_dir_all(d.join("tokens")).unwrap();
+            std::fs::write(d.join("softhsm2.conf"), format!("directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n", d.display())).unwrap();
+            let init = Command::new("softhsm2-util")
+                .args([
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    "keyd-test",
+                    "--so-pin",
+                    "87654321",
+                    "--pin",
+                    "24681357",
+                ])
+                .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
+                .output()
+                .unwrap();
+            assert!(
+                init.status.success(),
+                "{}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .open(d.join("pin"))
+                .unwrap()
+                .write_all(b"24681357\n")
+                .unwrap();
+            let table = format!(
+                "[pkcs11]\ntoken_label = \"keyd-test\"\npin_file = \"{}/pin\"\n",
+                d.display()
+            );
+            config
+                .replace(
+                    &format!(
+                        "[software]\nkey_file = \"{}/state/keys.json\"\n",
+                        d.display()
+                    ),
+                    &table,
+                )
+                .replace("backend = \"software\"", "backend = \"pkcs11\"")
+        } else {
+            config
+        };
         std::fs::write(d.join("keyd.toml"), config).unwrap();
-        let init = Command::new(KEYD)
-            .args(["init", "--config"])
-            .arg(d.join("keyd.toml"))
-            .output()
-            .unwrap();
+        let mut init = Command::new(KEYD);
+        init.args(["init", "--config"]).arg(d.join("keyd.toml"));
+        if pkcs11 {
+            init.env("SOFTHSM2_CONF", d.join("softhsm2.conf"));
+        }
+        let init = init.output().unwrap();
         assert!(
             init.status.success(),
             "{}",
@@ -74,6 +146,7 @@ impl Daemon {
             .open(self.path("keyd.log"))
             .unwrap();
         let child = Command::new(KEYD)
+            .envs(self.env())
             .args(["run", "--config"])
             .arg(self.path("keyd.toml"))
             .stdin(Stdio::null())

@@ -1,0 +1,461 @@
+//! The PKCS#11 backend: every key generated in the token, sensitive and non-extractable.
+//! SoftHSM in tests; an HSM or tpm2-pkcs11 in the field. One logged-in session per core.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{Backend, BackendError, BackendInfo};
+
+const SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+const X25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x6e];
+
+/// `[pkcs11]` in keyd's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 module.
+    #[serde(default = "default_module")]
+    pub module: PathBuf,
+    /// The token, found by label (slot ids change when tokens are initialized).
+    pub token_label: String,
+    /// A file holding the user PIN (readable by keyd's user only).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// Object labels are `{prefix}-identity`, `-chain`, `-box`, `-field`.
+    #[serde(default = "default_prefix")]
+    pub label_prefix: String,
+    /// Logged-in sessions (default: one per core).
+    #[serde(default)]
+    pub sessions: Option<usize>,
+}
+
+fn default_module() -> PathBuf {
+    PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")
+}
+fn default_prefix() -> String {
+    "keyd".into()
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(format!("pkcs11: {what}: {e}"))
+}
+
+fn read_pin(config: &Pkcs11Config) -> Result<AuthPin, BackendError> {
+    let pin = match (&config.pin_file, &config.pin_env) {
+        (Some(path), None) => {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path)
+                .map_err(|e| failed(&format!("pin_file {}", path.display()), e))?;
+            if meta.mode() & 0o077 != 0 {
+                return Err(failed(
+                    &format!("pin_file {}", path.display()),
+                    "must not be readable by group or others (chmod 600)",
+                ));
+            }
+            Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| failed(&format!("pin_file {}", path.display()), e))?,
+            )
+        }
+        (None, Some(var)) => Zeroizing::new(
+            std::env::var(var).map_err(|_| failed("pin_env", format!("{var} is not set")))?,
+        ),
+        _ => {
+            return Err(failed(
+                "configuration",
+                "set exactly one of pin_file and pin_env",
+            ))
+        }
+    };
+    Ok(AuthPin::from(pin.trim().to_string()))
+}
+
+fn open(config: &Pkcs11Config) -> Result<(Pkcs11, Slot), BackendError> {
+    let pkcs11 = Pkcs11::new(&config.module)
+        .map_err(|e| failed(&format!("module {}", config.module.display()), e))?;
+    // OS locking: without it two threads corrupt SoftHSM's heap.
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| failed("initialize", e))?;
+    let slot = pkcs11
+        .get_slots_with_token()
+        .map_err(|e| failed("slots", e))?
+        .into_iter()
+        .find(|slot| {
+            pkcs11
+                .get_token_info(*slot)
+                .map(|info| info.label().trim_end() == config.token_label)
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| {
+            failed(
+                "token",
+                format!("no token labelled {:?}", config.token_label),
+            )
+        })?;
+    Ok((pkcs11, slot))
+}
+
+fn login(session: &Session, pin: &AuthPin) -> Result<(), BackendError> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(failed("login", e)),
+    }
+}
+
+fn label(config: &Pkcs11Config, role: &str) -> Vec<u8> {
+    format!("{}-{role}", config.label_prefix).into_bytes()
+}
+
+fn find(
+    session: &Session,
+    config: &Pkcs11Config,
+    role: &str,
+    class: ObjectClass,
+) -> Result<ObjectHandle, BackendError> {
+    let found = session
+        .find_objects(&[
+            Attribute::Label(label(config, role)),
+            Attribute::Class(class),
+        ])
+        .map_err(|e| failed("find objects", e))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(failed(
+            "keys",
+            format!("no {role} key in the token (run keyd init)"),
+        )),
+        _ => Err(failed(
+            "keys",
+            format!("more than one {role} key in the token"),
+        )),
+    }
+}
+
+/// The point in CKA_EC_POINT: DER OCTET STRING or raw, as tokens differ.
+fn ec_point(session: &Session, key: ObjectHandle, len: usize) -> Result<Vec<u8>, BackendError> {
+    let attributes = session
+        .get_attributes(key, &[AttributeType::EcPoint])
+        .map_err(|e| failed("public key", e))?;
+    let Some(Attribute::EcPoint(point)) = attributes.into_iter().next() else {
+        return Err(failed("public key", "no CKA_EC_POINT"));
+    };
+    if point.len() == len {
+        return Ok(point);
+    }
+    if point.len() == len + 2 && point[0] == 0x04 && point[1] as usize == len {
+        return Ok(point[2..].to_vec());
+    }
+    Err(failed(
+        "public key",
+        format!("unexpected CKA_EC_POINT of {} bytes", point.len()),
+    ))
+}
+
+/// Generates the four keys in the token. Refuses when keys with these labels exist,
+/// unless `force` (then they are destroyed first).
+pub fn generate(config: &Pkcs11Config, force: bool) -> Result<(), BackendError> {
+    let (pkcs11, slot) = open(config)?;
+    let session = pkcs11
+        .open_rw_session(slot)
+        .map_err(|e| failed("session", e))?;
+    login(&session, &read_pin(config)?)?;
+    for role in ["identity", "chain", "box", "field"] {
+        let existing = session
+            .find_objects(&[Attribute::Label(label(config, role))])
+            .map_err(|e| failed("find objects", e))?;
+        if !existing.is_empty() && !force {
+            return Err(failed("init", format!("the token already holds {role} keys; keyd init never replaces keys without --force")));
+        }
+        for object in existing {
+            session
+                .destroy_object(object)
+                .map_err(|e| failed("destroy", e))?;
+        }
+    }
+    let private = |role: &str, usage: Attribute| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Label(label(config, role)),
+            usage,
+        ]
+    };
+    let public = |role: &str, params: &[u8]| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::EcParams(params.to_vec()),
+            Attribute::Label(label(config, role)),
+        ]
+    };
+    session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &public("identity", SECP256K1),
+            &private("identity", Attribute::Sign(true)),
+        )
+        .map_err(|e| failed("generate secp256k1 identity key", e))?;
+    session
+        .generate_key_pair(
+            &Mechanism::EccEdwardsKeyPairGen,
+            &public("chain", ED25519),
+            &private("chain", Attribute::Sign(true)),
+        )
+        .map_err(|e| failed("generate Ed25519 chain key", e))?;
+    // X25519: the standard Montgomery mechanism where the token has it, else SoftHSM's
+    // route (an Edwards-mechanism key pair on curve25519, used with ECDH1).
+    let box_pair = session
+        .generate_key_pair(
+            &Mechanism::EccMontgomeryKeyPairGen,
+            &public("box", X25519),
+            &private("box", Attribute::Derive(true)),
+        )
+        .or_else(|_| {
+            session.generate_key_pair(
+                &Mechanism::EccEdwardsKeyPairGen,
+                &public("box", X25519),
+                &private("box", Attribute::Derive(true)),
+            )
+        });
+    box_pair.map_err(|e| failed("generate X25519 box key", e))?;
+    let mut field = private("field", Attribute::Encrypt(true));
+    field.extend([
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+    ]);
+    session
+        .generate_key(&Mechanism::AesKeyGen, &field)
+        .map_err(|e| failed("generate AES-256 field key", e))?;
+    Ok(())
+}
+
+/// Keys that never leave the token.
+pub struct Pkcs11Backend {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    identity: ObjectHandle,
+    identity_public: VerifyingKey,
+    chain: ObjectHandle,
+    chain_public: [u8; 32],
+    box_key: ObjectHandle,
+    box_public: [u8; 32],
+    field: ObjectHandle,
+    // Keeps the library loaded for the sessions' lifetime.
+    _pkcs11: Pkcs11,
+}
+
+impl Pkcs11Backend {
+    pub fn load(config: &Pkcs11Config) -> Result<Self, BackendError> {
+        let (pkcs11, slot) = open(config)?;
+        let pin = read_pin(config)?;
+        let count = config
+            .sessions
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1);
+        let sessions = (0..count)
+            .map(|_| {
+                let session = pkcs11
+                    .open_rw_session(slot)
+                    .map_err(|e| failed("session", e))?;
+                login(&session, &pin)?;
+                Ok(session)
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        let s = &sessions[0];
+        let identity_public_handle = find(s, config, "identity", ObjectClass::PUBLIC_KEY)?;
+        let identity_public =
+            VerifyingKey::from_sec1_bytes(&ec_point(s, identity_public_handle, 65)?)
+                .map_err(|_| failed("identity", "not a secp256k1 public key"))?;
+        let chain_public: [u8; 32] =
+            ec_point(s, find(s, config, "chain", ObjectClass::PUBLIC_KEY)?, 32)?
+                .try_into()
+                .expect("32 bytes");
+        let box_public: [u8; 32] =
+            ec_point(s, find(s, config, "box", ObjectClass::PUBLIC_KEY)?, 32)?
+                .try_into()
+                .expect("32 bytes");
+        Ok(Pkcs11Backend {
+            identity: find(s, config, "identity", ObjectClass::PRIVATE_KEY)?,
+            chain: find(s, config, "chain", ObjectClass::PRIVATE_KEY)?,
+            box_key: find(s, config, "box", ObjectClass::PRIVATE_KEY)?,
+            field: find(s, config, "field", ObjectClass::SECRET_KEY)?,
+            identity_public,
+            chain_public,
+            box_public,
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
+            _pkcs11: pkcs11,
+        })
+    }
+
+    /// Runs `f` on the next session (round robin; each session serves one thread at a time).
+    fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        let session = self.sessions[i]
+            .lock()
+            .map_err(|_| failed("session", "lock poisoned"))?;
+        f(&session)
+    }
+}
+
+/// Whether the token keys are sensitive and non-extractable, and always were
+/// (for `keyd status` and the tests).
+pub fn key_protection(config: &Pkcs11Config) -> Result<Vec<(String, bool)>, BackendError> {
+    let (pkcs11, slot) = open(config)?;
+    let session = pkcs11
+        .open_ro_session(slot)
+        .map_err(|e| failed("session", e))?;
+    login(&session, &read_pin(config)?)?;
+    let mut out = Vec::new();
+    for (role, class) in [
+        ("identity", ObjectClass::PRIVATE_KEY),
+        ("chain", ObjectClass::PRIVATE_KEY),
+        ("box", ObjectClass::PRIVATE_KEY),
+        ("field", ObjectClass::SECRET_KEY),
+    ] {
+        let key = find(&session, config, role, class)?;
+        let attributes = session
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::NeverExtractable,
+                ],
+            )
+            .map_err(|e| failed("attributes", e))?;
+        let protected = attributes.iter().all(|a| match a {
+            Attribute::Sensitive(v)
+            | Attribute::AlwaysSensitive(v)
+            | Attribute::NeverExtractable(v) => *v,
+            Attribute::Extractable(v) => !*v,
+            _ => false,
+        }) && attributes.len() == 4;
+        out.push((role.to_string(), protected));
+    }
+    Ok(out)
+}
+
+impl Backend for Pkcs11Backend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            class: "tee",
+            detail: "pkcs11",
+            memory_locked: true,
+        }
+    }
+    fn identity_public(&self) -> VerifyingKey {
+        self.identity_public
+    }
+    fn chain_public(&self) -> [u8; 32] {
+        self.chain_public
+    }
+    fn box_public(&self) -> [u8; 32] {
+        self.box_public
+    }
+    fn sign_secp256k1_prehash(&self, digest: &[u8; 32]) -> Result<[u8; 65], BackendError> {
+        let raw = self.with_session(|s| {
+            s.sign(&Mechanism::Ecdsa, self.identity, digest)
+                .map_err(|e| failed("ECDSA", e))
+        })?;
+        let signature = Signature::from_slice(&raw).map_err(|_| failed("ECDSA", "not r ‖ s"))?;
+        // About half of the token's signatures are high-s: normalize, then find v by trial.
+        let signature = signature.normalize_s().unwrap_or(signature);
+        for v in 0u8..2 {
+            let id = RecoveryId::from_byte(v).expect("0 and 1 are recovery ids");
+            if VerifyingKey::recover_from_prehash(digest, &signature, id).ok()
+                == Some(self.identity_public)
+            {
+                let mut out = [0u8; 65];
+                out[..64].copy_from_slice(&signature.to_bytes());
+                out[64] = 27 + v;
+                return Ok(out);
+            }
+        }
+        Err(failed(
+            "ECDSA",
+            "the token's signature does not recover the identity key",
+        ))
+    }
+    fn sign_ed25519(&self, message: &[u8]) -> Result<[u8; 64], BackendError> {
+        let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+        let raw = self.with_session(|s| {
+            s.sign(&mechanism, self.chain, message)
+                .map_err(|e| failed("EdDSA", e))
+        })?;
+        raw.try_into()
+            .map_err(|_| failed("EdDSA", "not a 64-byte signature"))
+    }
+    fn x25519(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, BackendError> {
+        let mechanism = Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), peer));
+        // The shared secret comes out as a short-lived session object, destroyed at once.
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ];
+        self.with_session(|s| {
+            let derived = s
+                .derive_key(&mechanism, self.box_key, &template)
+                .map_err(|e| failed("ECDH", e))?;
+            let value = s.get_attributes(derived, &[AttributeType::Value]);
+            let _ = s.destroy_object(derived);
+            let Some(Attribute::Value(bytes)) =
+                value.map_err(|e| failed("ECDH", e))?.into_iter().next()
+            else {
+                return Err(failed("ECDH", "no derived value"));
+            };
+            let bytes = Zeroizing::new(bytes);
+            let shared: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| failed("ECDH", "not 32 bytes"))?;
+            Ok(Zeroizing::new(shared))
+        })
+    }
+    fn aes_gcm_encrypt(&self, iv: &[u8; 12], plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let mut iv = *iv;
+        let params = GcmParams::new(&mut iv, &[], 128.into()).map_err(|e| failed("AES-GCM", e))?;
+        let mechanism = Mechanism::AesGcm(params);
+        self.with_session(|s| {
+            s.encrypt(&mechanism, self.field, plaintext)
+                .map_err(|e| failed("AES-GCM", e))
+        })
+    }
+    fn random(&self, out: &mut [u8]) -> Result<(), BackendError> {
+        self.with_session(|s| {
+            s.generate_random_slice(out)
+                .map_err(|e| failed("random", e))
+        })
+    }
+}
