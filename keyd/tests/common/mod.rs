@@ -84,7 +84,7 @@ impl Daemon {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(d.join("pin"))
                 .unwrap()
