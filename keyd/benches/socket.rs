@@ -38,7 +38,69 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6
 }
 
+/// PKCS#11 on SoftHSM: batched signatures through keyd, and the same token signing
+/// directly through cryptoki with two sessions on two threads. `None` without SoftHSM.
+fn pkcs11() -> Option<(f64, f64)> {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, ObjectClass};
+    use cryptoki::session::UserType;
+
+    let daemon = common::Daemon::start_pkcs11()?;
+    // No other thread exists yet in this process: setting the environment is safe here.
+    for (key, value) in daemon.env() {
+        std::env::set_var(key, value);
+    }
+    let module = Pkcs11::new("/usr/lib/softhsm/libsofthsm2.so").unwrap();
+    module
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = module
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| module.get_token_info(*s).unwrap().label().trim_end() == "keyd-test")
+        .unwrap();
+    let pin = cryptoki::types::AuthPin::from("24681357".to_string());
+    let digest = [7u8; 32];
+    let per_thread = 600;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            let module = &module;
+            let pin = &pin;
+            scope.spawn(move || {
+                let session = module.open_rw_session(slot).unwrap();
+                let _ = session.login(UserType::User, Some(pin));
+                let key = session
+                    .find_objects(&[
+                        Attribute::Label(b"keyd-identity".to_vec()),
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    ])
+                    .unwrap()[0];
+                for _ in 0..per_thread {
+                    std::hint::black_box(session.sign(&Mechanism::Ecdsa, key, &digest).unwrap());
+                }
+            });
+        }
+    });
+    let direct = (2 * per_thread) as f64 / start.elapsed().as_secs_f64();
+
+    let client = daemon.client();
+    let did = client.did().to_string();
+    let total = 6 * BATCH;
+    let all = envelopes(&did, client.next_sequence_number().unwrap(), total);
+    let start = Instant::now();
+    for chunk in all.chunks(BATCH) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        client.sign_envelopes(&refs).unwrap();
+    }
+    let through_keyd = total as f64 / start.elapsed().as_secs_f64();
+    Some((direct, through_keyd))
+}
+
 fn main() {
+    let (pkcs11_direct, pkcs11_keyd) = pkcs11().unwrap_or((0.0, 0.0));
     let daemon = common::Daemon::start_default();
     let client = daemon.client();
     let did = client.did().to_string();
@@ -157,7 +219,7 @@ fn main() {
     });
 
     println!(
-        "{{\"cores\":{threads},\"in_process_per_s\":{in_process:.0},\"in_process_all_cores_per_s\":{in_process_all:.0},\"unbatched_per_s\":{unbatched:.0},\"unbatched_p50_us\":{:.0},\"unbatched_p99_us\":{:.0},\"unbatched_async_per_s\":{async_rate:.0},\"unbatched_async_p50_us\":{:.0},\"unbatched_async_p99_us\":{:.0},\"batched_per_s\":{batched:.0},\"batch_size\":{BATCH},\"batched_p50_us\":{:.0},\"batched_p99_us\":{:.0},\"streamed_per_s\":{streamed:.0}}}",
+        "{{\"cores\":{threads},\"in_process_per_s\":{in_process:.0},\"in_process_all_cores_per_s\":{in_process_all:.0},\"unbatched_per_s\":{unbatched:.0},\"unbatched_p50_us\":{:.0},\"unbatched_p99_us\":{:.0},\"unbatched_async_per_s\":{async_rate:.0},\"unbatched_async_p50_us\":{:.0},\"unbatched_async_p99_us\":{:.0},\"batched_per_s\":{batched:.0},\"batch_size\":{BATCH},\"batched_p50_us\":{:.0},\"batched_p99_us\":{:.0},\"streamed_per_s\":{streamed:.0},\"pkcs11_direct_two_sessions_per_s\":{pkcs11_direct:.0},\"pkcs11_batched_per_s\":{pkcs11_keyd:.0}}}",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&async_latencies, 0.5),

@@ -101,6 +101,33 @@ pub fn sign_eip191_prehash(key: &SigningKey, digest: &[u8; 32]) -> [u8; 65] {
     out
 }
 
+/// The recovery id of a signature made by `public` over `digest`, computed directly as the
+/// y-parity of R = (z/s)·G + (r/s)·Q: one linear combination instead of trial recoveries.
+/// For signers that return only r ‖ s (PKCS#11 tokens). `None` if the signature is not
+/// `public`'s over `digest`, or in the negligible case x(R) ≥ n (callers may then try both).
+pub fn recovery_id_for(
+    digest: &[u8; 32],
+    signature: &Signature,
+    public: &VerifyingKey,
+) -> Option<RecoveryId> {
+    use k256::elliptic_curve::ops::{LinearCombination, Reduce};
+    use k256::elliptic_curve::point::AffineCoordinates;
+    use k256::{ProjectivePoint, Scalar, U256};
+
+    let z = <Scalar as Reduce<U256>>::reduce_bytes(digest.into());
+    let (r, s) = signature.split_scalars();
+    let (r, s): (Scalar, Scalar) = (*r.as_ref(), *s.as_ref());
+    let s_inv = Option::<Scalar>::from(s.invert())?;
+    let q = ProjectivePoint::from(*public.as_affine());
+    let point =
+        ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &(z * s_inv), &q, &(r * s_inv))
+            .to_affine();
+    if <Scalar as Reduce<U256>>::reduce_bytes(&point.x()) != r {
+        return None;
+    }
+    Some(RecoveryId::new(point.y_is_odd().into(), false))
+}
+
 /// `0x` + hex of a 65-byte signature.
 pub fn signature_hex(signature: &[u8; 65]) -> String {
     format!("0x{}", hex::encode(signature))
@@ -361,6 +388,33 @@ mod tests {
         ));
         package.did = "did:peaq:0x1234".into();
         assert!(matches!(package.verify(), Err(PackageError::BadDid(_))));
+    }
+
+    #[test]
+    fn direct_recovery_ids_match_k256s() {
+        for i in 1..=64u8 {
+            let key = SigningKey::from_slice(&[i; 32]).unwrap();
+            let digest = eip191_hash(&[i, 7, 42]);
+            let (signature, id) = key.sign_prehash_recoverable(&digest).unwrap();
+            assert_eq!(
+                recovery_id_for(&digest, &signature, key.verifying_key()),
+                Some(id),
+                "key {i}"
+            );
+            // High s (as tokens return half the time): the normalized form recovers.
+            let (r, s) = signature.split_scalars();
+            let high = Signature::from_scalars(r, -*s.as_ref()).unwrap();
+            let low = high.normalize_s().unwrap();
+            assert_eq!(
+                recovery_id_for(&digest, &low, key.verifying_key()),
+                Some(id)
+            );
+            let other = SigningKey::from_slice(&[i.wrapping_add(100); 32]).unwrap();
+            assert_eq!(
+                recovery_id_for(&digest, &signature, other.verifying_key()),
+                None
+            );
+        }
     }
 
     #[test]

@@ -311,11 +311,17 @@ impl Pkcs11Backend {
         })
     }
 
-    /// Runs `f` on the next session (round robin; each session serves one thread at a time).
+    /// Runs `f` on a free session (waiting on one, in turn, only when all are busy), so
+    /// concurrent signers never queue behind each other while a session is idle.
     fn with_session<T>(
         &self,
         f: impl FnOnce(&Session) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
+        for slot in &self.sessions {
+            if let Ok(session) = slot.try_lock() {
+                return f(&session);
+            }
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
         let session = self.sessions[i]
             .lock()
@@ -386,8 +392,17 @@ impl Backend for Pkcs11Backend {
                 .map_err(|e| failed("ECDSA", e))
         })?;
         let signature = Signature::from_slice(&raw).map_err(|_| failed("ECDSA", "not r ‖ s"))?;
-        // About half of the token's signatures are high-s: normalize, then find v by trial.
+        // About half of the token's signatures are high-s: normalize, then compute v (by
+        // trial in the negligible case the direct computation cannot tell).
         let signature = signature.normalize_s().unwrap_or(signature);
+        if let Some(id) =
+            stream::package::recovery_id_for(digest, &signature, &self.identity_public)
+        {
+            let mut out = [0u8; 65];
+            out[..64].copy_from_slice(&signature.to_bytes());
+            out[64] = 27 + id.to_byte();
+            return Ok(out);
+        }
         for v in 0u8..2 {
             let id = RecoveryId::from_byte(v).expect("0 and 1 are recovery ids");
             if VerifyingKey::recover_from_prehash(digest, &signature, id).ok()
