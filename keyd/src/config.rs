@@ -76,6 +76,8 @@ pub struct Config {
     pub software: Option<SoftwareConfig>,
     #[serde(default)]
     pub pkcs11: Option<crate::backend::pkcs11::Pkcs11Config>,
+    #[serde(default)]
+    pub tpm: Option<crate::backend::tpm::TpmConfig>,
 }
 
 fn default_max_batch() -> usize {
@@ -129,6 +131,11 @@ impl Config {
         for (i, r) in config.recipients.iter().enumerate() {
             stream::keys::parse_x25519_public_hex("public_key_hex", &r.public_key_hex)
                 .map_err(|e| invalid(format!("recipients[{i}] ({}): {e}", r.id)))?;
+        }
+        if config.backend == BackendKind::Tpm && config.tpm.is_none() {
+            return Err(invalid(
+                "backend = \"tpm\" needs a [tpm] table with tcti and blob_dir".into(),
+            ));
         }
         if config.backend == BackendKind::Pkcs11 && config.pkcs11.is_none() {
             return Err(invalid("backend = \"pkcs11\" needs a [pkcs11] table with token_label and pin_file or pin_env".into()));

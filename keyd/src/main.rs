@@ -63,7 +63,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYD_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,tss_esapi=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -116,7 +116,11 @@ fn init(path: &std::path::Path, force: bool) -> CmdResult {
             backend::pkcs11::generate(pkcs11, force).map_err(input)?;
         }
         config::BackendKind::Tpm => {
-            return Err(input("the tpm backend is not available in this build yet"))
+            let tpm = config
+                .tpm
+                .as_ref()
+                .ok_or_else(|| input("[tpm] is missing"))?;
+            backend::tpm::generate(tpm, force).map_err(input)?;
         }
     }
     let backend = server::load_backend(&config).map_err(input)?;
@@ -152,7 +156,12 @@ fn status(path: &std::path::Path) -> CmdResult {
             .iter()
             .map(|key| serde_json::json!({"key": key, "inToken": false, "sensitive": false, "extractable": true}))
             .collect(),
-        config::BackendKind::Tpm => return Err(input("the tpm backend is not available in this build yet")),
+        // Sealed to the TPM, unsealed into keyd's locked memory: not extractable from the
+        // TPM blob without the TPM (and its PCRs), but held in RAM while keyd runs.
+        config::BackendKind::Tpm => ["identity", "chain", "box", "field"]
+            .iter()
+            .map(|key| serde_json::json!({"key": key, "inToken": false, "sealedToTpm": true, "sensitive": true, "extractable": false}))
+            .collect(),
     };
     let protected = keys
         .iter()

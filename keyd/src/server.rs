@@ -40,7 +40,12 @@ pub fn load_backend(config: &Config) -> Result<Arc<dyn Backend>, String> {
                 crate::backend::pkcs11::Pkcs11Backend::load(pkcs11).map_err(|e| e.to_string())?,
             ))
         }
-        BackendKind::Tpm => Err("the tpm backend is not available in this build yet".into()),
+        BackendKind::Tpm => {
+            let tpm = config.tpm.as_ref().ok_or("backend = \"tpm\" needs [tpm]")?;
+            Ok(Arc::new(
+                crate::backend::tpm::TpmBackend::load(tpm).map_err(|e| e.to_string())?,
+            ))
+        }
     }
 }
 

@@ -81,6 +81,36 @@ fn pkcs11_signatures_verify_and_keys_stay_in_the_token() {
     assert_eq!(status.status.code(), Some(1));
 }
 
+#[test]
+fn tpm_sealed_keys_sign_and_do_not_unseal_after_pcr7_changes() {
+    let Some(mut daemon) = Daemon::start_tpm() else {
+        return;
+    };
+    signatures_verify_on(&daemon, "tee");
+    let did = daemon.client().did().to_string();
+    // A restart unseals the same keys.
+    daemon.stop();
+    daemon.spawn();
+    assert_eq!(daemon.client().did(), did);
+    // Extending PCR 7 (as a changed Secure Boot state would) locks the keys away.
+    daemon.stop();
+    let extend = Command::new("tpm2_pcrextend")
+        .arg(format!("7:sha256={}", "ab".repeat(32)))
+        .env("TPM2TOOLS_TCTI", daemon.tcti())
+        .output()
+        .unwrap();
+    assert!(
+        extend.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extend.stderr)
+    );
+    let stderr = daemon.run_expecting_failure();
+    assert!(
+        stderr.contains("unseal") && stderr.contains("policy"),
+        "{stderr}"
+    );
+}
+
 fn signatures_verify_on(daemon: &Daemon, backend: &str) {
     let client = daemon.client();
     let did = client.did().to_string();

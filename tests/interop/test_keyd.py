@@ -1,6 +1,6 @@
 """keyd from other languages and against the reference: a Python gRPC client with stubs
 generated from proto/ at test time, and the conformance suite, on every backend built
-(software, and pkcs11 on a fresh SoftHSM token)."""
+(software; pkcs11 on a fresh SoftHSM token; tpm on a fresh swtpm, keys bound to PCR 7)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from conftest import OURS, ROOT, ours, ref
 from test_packages import package_from_line
 
 
-@pytest.fixture(scope="module", params=["software", "pkcs11"])
+@pytest.fixture(scope="module", params=["software", "pkcs11", "tpm"])
 def keyd(request, tmp_path_factory):
-    """A throw-away keyd started by scripts/keyd-dev, on each backend (pkcs11: SoftHSM)."""
+    """A throw-away keyd started by scripts/keyd-dev, on each backend."""
     work = tmp_path_factory.mktemp("keyd")
     # Short, private directory: Unix socket paths are limited to 107 bytes.
     directory = Path(subprocess.run(["mktemp", "-d", "/tmp/kdpyXXXX"], capture_output=True, text=True, check=True).stdout.strip())
@@ -61,7 +61,7 @@ def test_python_client_identity_and_package_signatures(stubs, channel, keyd):
     client = pb_grpc.KeydStub(channel)
     identity = client.Identity(pb.IdentityRequest())
     assert identity.did.startswith("did:peaq:0x")
-    assert (identity.backend, identity.backend_detail) == ({"software": "software", "pkcs11": "tee"}[keyd["backend"]], keyd["backend"])
+    assert (identity.backend, identity.backend_detail) == ({"software": "software", "pkcs11": "tee", "tpm": "tee"}[keyd["backend"]], keyd["backend"])
     start = identity.next_sequence_number
     envelopes, packages = [], []
     for i in range(10):

@@ -4,6 +4,7 @@
 
 pub mod pkcs11;
 pub mod software;
+pub mod tpm;
 
 use zeroize::Zeroizing;
 

@@ -86,20 +86,29 @@ impl SoftwareBackend {
             parse_secret_hex(hex)
                 .ok_or_else(|| invalid(path, format!("{what} is not 64 hex digits")))
         };
-        let identity =
-            k256::ecdsa::SigningKey::from_slice(secret(&file.identity, "identity")?.expose())
-                .map_err(|_| invalid(path, "identity is not a valid secp256k1 key"))?;
+        Self::from_secrets(
+            secret(&file.identity, "identity")?.expose(),
+            secret(&file.chain, "chain")?.expose(),
+            secret(&file.box_key, "box")?.expose(),
+            secret(&file.field, "field")?.expose(),
+        )
+        .map_err(|reason| invalid(path, reason))
+    }
+
+    /// Holds the four keys in locked memory (also keys unsealed from a TPM).
+    pub fn from_secrets(
+        identity: &[u8; 32],
+        chain: &[u8; 32],
+        box_key: &[u8; 32],
+        field: &[u8; 32],
+    ) -> Result<Self, String> {
+        let identity = k256::ecdsa::SigningKey::from_slice(identity)
+            .map_err(|_| "identity is not a valid secp256k1 key".to_string())?;
         Ok(SoftwareBackend {
             identity: Locked::new(identity),
-            chain: Locked::new(ed25519_dalek::SigningKey::from_bytes(
-                secret(&file.chain, "chain")?.expose(),
-            )),
-            box_key: Locked::new(x25519_dalek::StaticSecret::from(
-                *secret(&file.box_key, "box")?.expose(),
-            )),
-            field: Locked::new(Aes256Gcm::new(
-                secret(&file.field, "field")?.expose().into(),
-            )),
+            chain: Locked::new(ed25519_dalek::SigningKey::from_bytes(chain)),
+            box_key: Locked::new(x25519_dalek::StaticSecret::from(*box_key)),
+            field: Locked::new(Aes256Gcm::new(field.into())),
         })
     }
 

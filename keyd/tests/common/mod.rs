@@ -12,6 +12,47 @@ pub const KEYD: &str = env!("CARGO_BIN_EXE_keyd");
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The software TPM, for the tpm backend: a child of the test, stopped with it.
+    swtpm: Option<Child>,
+}
+
+/// Starts swtpm on two free loopback ports; returns it and its TCTI.
+fn start_swtpm(state: &std::path::Path) -> (Child, String) {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port == u16::MAX || std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_err() {
+            continue;
+        }
+        let mut child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break; // lost a race for the port: try others
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, format!("swtpm:host=127.0.0.1,port={port}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("could not start swtpm");
 }
 
 pub fn uid() -> u32 {
@@ -22,7 +63,48 @@ pub fn uid() -> u32 {
 impl Daemon {
     /// Provisions keys and starts keyd; `policy` is the policy file's text.
     pub fn start_with(policy: &str, extra_config: &str) -> Daemon {
-        Self::start_backend(policy, extra_config, false)
+        Self::start_backend(policy, extra_config, Backend::Software)
+    }
+
+    /// keyd with keys sealed to a fresh swtpm, bound to PCR 7; `None` without swtpm.
+    pub fn start_tpm() -> Option<Daemon> {
+        if Command::new("swtpm").arg("--version").output().is_err() {
+            eprintln!("skipped: swtpm is not installed (scripts/setup installs it)");
+            return None;
+        }
+        Some(Self::start_backend(&Self::allow_all(), "", Backend::Tpm))
+    }
+
+    /// The TCTI of this daemon's swtpm.
+    pub fn tcti(&self) -> String {
+        let config = std::fs::read_to_string(self.path("keyd.toml")).unwrap();
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("tcti = \""))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_string()
+    }
+
+    /// Stops keyd (SIGTERM) without starting it again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `keyd run` in the foreground, expecting it to fail; returns its stderr.
+    pub fn run_expecting_failure(&self) -> String {
+        let out = Command::new(KEYD)
+            .envs(self.env())
+            .args(["run", "--config"])
+            .arg(self.path("keyd.toml"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "keyd started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// keyd on a fresh SoftHSM token; `None` when SoftHSM is not installed.
@@ -31,7 +113,7 @@ impl Daemon {
             eprintln!("skipped: SoftHSM is not installed (scripts/setup installs it)");
             return None;
         }
-        Some(Self::start_backend(&Self::allow_all(), "", true))
+        Some(Self::start_backend(&Self::allow_all(), "", Backend::Pkcs11))
     }
 
     /// The environment keyd's processes need (SoftHSM's configuration for pkcs11).
@@ -44,7 +126,8 @@ impl Daemon {
         }
     }
 
-    fn start_backend(policy: &str, extra_config: &str, pkcs11: bool) -> Daemon {
+    fn start_backend(policy: &str, extra_config: &str, backend: Backend) -> Daemon {
+        let pkcs11 = backend == Backend::Pkcs11;
         // Short paths: a Unix socket path has at most 107 bytes.
         let dir = tempfile::Builder::new()
             .prefix("kd")
@@ -106,6 +189,27 @@ impl Daemon {
         } else {
             config
         };
+        let mut swtpm = None;
+        let config = if backend == Backend::Tpm {
+            std::fs::create_dir_all(d.join("swtpm")).unwrap();
+            let (child, tcti) = start_swtpm(&d.join("swtpm"));
+            swtpm = Some(child);
+            let table = format!(
+                "[tpm]\ntcti = \"{tcti}\"\nblob_dir = \"{}/blobs\"\npcrs = [7]\n",
+                d.display()
+            );
+            config
+                .replace(
+                    &format!(
+                        "[software]\nkey_file = \"{}/state/keys.json\"\n",
+                        d.display()
+                    ),
+                    &table,
+                )
+                .replace("backend = \"software\"", "backend = \"tpm\"")
+        } else {
+            config
+        };
         std::fs::write(d.join("keyd.toml"), config).unwrap();
         let mut init = Command::new(KEYD);
         init.args(["init", "--config"]).arg(d.join("keyd.toml"));
@@ -118,7 +222,11 @@ impl Daemon {
             "{}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let mut daemon = Daemon { dir, child: None };
+        let mut daemon = Daemon {
+            dir,
+            child: None,
+            swtpm,
+        };
         daemon.spawn();
         daemon
     }
@@ -200,12 +308,20 @@ impl Daemon {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Software,
+    Pkcs11,
+    Tpm,
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: sending SIGTERM to our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+        self.stop();
+        // Then its TPM.
+        if let Some(mut swtpm) = self.swtpm.take() {
+            let _ = swtpm.kill();
+            let _ = swtpm.wait();
         }
     }
 }

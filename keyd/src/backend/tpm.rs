@@ -1,0 +1,358 @@
+//! The TPM 2.0 backend. A TPM has no secp256k1, Ed25519 or X25519, so keyd makes the four
+//! keys from TPM and OS randomness and seals them (128 bytes, the TPM's limit for one
+//! sealed object) under an owner-hierarchy storage key, optionally bound to a PolicyPCR.
+//! At start it unseals them once into locked, zeroized memory; stale transient handles are
+//! flushed first, and keyd is the TPM's one owner for its lifetime (randomness at run time).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{KeyHandle, ObjectHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    CapabilityData, Digest, KeyedHashScheme, PcrSelectionListBuilder, PcrSlot, Private, Public,
+    PublicBuilder, PublicKeyedHashParameters, RsaExponent, SensitiveData, SymmetricDefinition,
+    SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+use zeroize::Zeroizing;
+
+use super::software::SoftwareBackend;
+use super::{Backend, BackendError, BackendInfo};
+
+/// `[tpm]` in keyd's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// TCTI, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub tcti: String,
+    /// Where the sealed blobs live (`keys.pub`, `keys.priv`).
+    pub blob_dir: PathBuf,
+    /// SHA-256 PCRs the keys are bound to (e.g. `[7]`, Secure Boot state); none by default.
+    #[serde(default)]
+    pub pcrs: Vec<u8>,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(format!("tpm: {what}: {e}"))
+}
+
+fn context(config: &TpmConfig) -> Result<Context, BackendError> {
+    let tcti = TctiNameConf::from_str(&config.tcti)
+        .map_err(|e| failed(&format!("tcti {:?}", config.tcti), e))?;
+    let mut ctx = Context::new(tcti).map_err(|e| failed("connect", e))?;
+    flush_transient(&mut ctx)?;
+    Ok(ctx)
+}
+
+/// Without a resource manager only a few transient objects fit, and a crashed process
+/// leaves its objects behind: flush them all.
+fn flush_transient(ctx: &mut Context) -> Result<(), BackendError> {
+    const TRANSIENT_FIRST: u32 = 0x8000_0000;
+    let (data, _) = ctx
+        .execute_without_session(|c| c.get_capability(CapabilityType::Handles, TRANSIENT_FIRST, 64))
+        .map_err(|e| failed("list handles", e))?;
+    if let CapabilityData::Handles(handles) = data {
+        for handle in handles.iter() {
+            if let Ok(object) = ctx.tr_from_tpm_public(*handle) {
+                let _ = ctx.flush_context(object);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The storage key under which the keys are sealed: the same template always gives the
+/// same key (derived from the owner seed), so nothing but the sealed blob is stored.
+fn primary(ctx: &mut Context) -> Result<KeyHandle, BackendError> {
+    let public = tss_esapi::utils::create_restricted_decryption_rsa_public(
+        SymmetricDefinitionObject::AES_128_CFB,
+        RsaKeyBits::Rsa2048,
+        RsaExponent::default(),
+    )
+    .map_err(|e| failed("storage key template", e))?;
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.create_primary(Hierarchy::Owner, public, None, None, None, None)
+    })
+    .map(|r| r.key_handle)
+    .map_err(|e| failed("storage key", e))
+}
+
+fn pcr_selection(
+    config: &TpmConfig,
+) -> Result<tss_esapi::structures::PcrSelectionList, BackendError> {
+    let slots = config
+        .pcrs
+        .iter()
+        .map(|p| PcrSlot::try_from(1u32 << p).map_err(|e| failed(&format!("pcr {p}"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
+        .map_err(|e| failed("pcr selection", e))
+}
+
+/// A policy session satisfied by the current PCR values (trial: only to compute the digest).
+fn pcr_session(
+    ctx: &mut Context,
+    config: &TpmConfig,
+    trial: bool,
+) -> Result<PolicySession, BackendError> {
+    let session = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            if trial {
+                SessionType::Trial
+            } else {
+                SessionType::Policy
+            },
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(|e| failed("policy session", e))?
+        .ok_or_else(|| failed("policy session", "none returned"))?;
+    let (attributes, mask) = SessionAttributesBuilder::new()
+        .with_decrypt(true)
+        .with_encrypt(true)
+        .build();
+    ctx.tr_sess_set_attributes(session, attributes, mask)
+        .map_err(|e| failed("policy session", e))?;
+    let policy = PolicySession::try_from(session).map_err(|e| failed("policy session", e))?;
+    ctx.policy_pcr(policy, Digest::default(), pcr_selection(config)?)
+        .map_err(|e| failed("PolicyPCR", e))?;
+    Ok(policy)
+}
+
+fn blob_paths(config: &TpmConfig) -> (PathBuf, PathBuf) {
+    (
+        config.blob_dir.join("keys.pub"),
+        config.blob_dir.join("keys.priv"),
+    )
+}
+
+/// Makes the keys and seals them to the TPM. Refuses to replace sealed keys unless `force`.
+pub fn generate(config: &TpmConfig, force: bool) -> Result<(), BackendError> {
+    let (pub_path, priv_path) = blob_paths(config);
+    if (pub_path.exists() || priv_path.exists()) && !force {
+        return Err(failed(
+            "init",
+            format!(
+                "{} holds sealed keys; keyd init never replaces keys without --force",
+                config.blob_dir.display()
+            ),
+        ));
+    }
+    let mut ctx = context(config)?;
+    // 128 bytes: identity, chain, box, field. Each 32 = SHA-256(TPM random ‖ OS random).
+    let mut secret = Zeroizing::new([0u8; 128]);
+    for part in secret.chunks_mut(32) {
+        loop {
+            let tpm = ctx.get_random(32).map_err(|e| failed("random", e))?;
+            let mut os = Zeroizing::new([0u8; 32]);
+            getrandom::getrandom(&mut *os)
+                .map_err(|_| failed("random", "the OS random number generator failed"))?;
+            let mut mix = Sha256::new();
+            mix.update(tpm.value());
+            mix.update(*os);
+            part.copy_from_slice(&mix.finalize());
+            // The identity must be a valid secp256k1 scalar (fails with negligible odds).
+            if k256::ecdsa::SigningKey::from_slice(part).is_ok() {
+                break;
+            }
+        }
+    }
+    let mut attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_no_da(true);
+    let policy = if config.pcrs.is_empty() {
+        attributes = attributes.with_user_with_auth(true);
+        Digest::default()
+    } else {
+        let trial = pcr_session(&mut ctx, config, true)?;
+        let digest = ctx
+            .policy_get_digest(trial)
+            .map_err(|e| failed("policy digest", e))?;
+        let _ = ctx.flush_context(ObjectHandle::from(tss_esapi::handles::SessionHandle::from(
+            trial,
+        )));
+        digest
+    };
+    let public = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(
+            attributes
+                .build()
+                .map_err(|e| failed("sealed object attributes", e))?,
+        )
+        .with_auth_policy(policy)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Default::default())
+        .build()
+        .map_err(|e| failed("sealed object template", e))?;
+    let parent = primary(&mut ctx)?;
+    let sensitive =
+        SensitiveData::try_from(secret.to_vec()).map_err(|e| failed("sealed data", e))?;
+    let created = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.create(parent, public, None, Some(sensitive), None, None)
+        })
+        .map_err(|e| failed("seal", e));
+    let _ = ctx.flush_context(parent.into());
+    let created = created?;
+    std::fs::create_dir_all(&config.blob_dir)
+        .map_err(|e| failed(&config.blob_dir.display().to_string(), e))?;
+    let public_blob = created
+        .out_public
+        .marshall()
+        .map_err(|e| failed("marshal public", e))?;
+    write_tpm2b(&pub_path, &public_blob)?;
+    write_tpm2b(&priv_path, created.out_private.value())?;
+    Ok(())
+}
+
+/// Writes a TPM2B (big-endian u16 size, then the bytes), as tpm2-tools reads it.
+fn write_tpm2b(path: &Path, body: &[u8]) -> Result<(), BackendError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = (body.len() as u16).to_be_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+        .map_err(|e| failed(&path.display().to_string(), e))
+}
+
+fn read_tpm2b(path: &Path) -> Result<Vec<u8>, BackendError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| failed(&format!("{} (run keyd init)", path.display()), e))?;
+    let size = bytes
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    match size {
+        Some(size) if bytes.len() == size + 2 => Ok(bytes[2..].to_vec()),
+        _ => Err(failed(&path.display().to_string(), "not a TPM2B blob")),
+    }
+}
+
+/// Keys unsealed from the TPM, held like the software backend's, in locked memory.
+pub struct TpmBackend {
+    keys: SoftwareBackend,
+    ctx: Mutex<Context>,
+}
+
+impl TpmBackend {
+    pub fn load(config: &TpmConfig) -> Result<Self, BackendError> {
+        let (pub_path, priv_path) = blob_paths(config);
+        let public = Public::unmarshall(&read_tpm2b(&pub_path)?)
+            .map_err(|e| failed("sealed public blob", e))?;
+        let private = Private::try_from(read_tpm2b(&priv_path)?)
+            .map_err(|e| failed("sealed private blob", e))?;
+        let mut ctx = context(config)?;
+        let parent = primary(&mut ctx)?;
+        let loaded = ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.load(parent, private, public)
+        });
+        let _ = ctx.flush_context(parent.into());
+        let object: ObjectHandle = loaded.map_err(|e| failed("load sealed keys", e))?.into();
+        let unsealed = if config.pcrs.is_empty() {
+            ctx.execute_with_session(Some(AuthSession::Password), |c| c.unseal(object))
+        } else {
+            let session = pcr_session(&mut ctx, config, false)?;
+            let result = ctx.execute_with_session(Some(AuthSession::PolicySession(session)), |c| {
+                c.unseal(object)
+            });
+            let _ = ctx.flush_context(ObjectHandle::from(tss_esapi::handles::SessionHandle::from(
+                session,
+            )));
+            result
+        };
+        let _ = ctx.flush_context(object);
+        let secret = Zeroizing::new(
+            unsealed
+                .map_err(|e| {
+                    failed(
+                        "unseal (keys bound to PCRs that changed, or another TPM)",
+                        e,
+                    )
+                })?
+                .value()
+                .to_vec(),
+        );
+        if secret.len() != 128 {
+            return Err(failed(
+                "unseal",
+                "the sealed object does not hold keyd's keys",
+            ));
+        }
+        let part =
+            |i: usize| -> [u8; 32] { secret[i * 32..(i + 1) * 32].try_into().expect("32 bytes") };
+        let keys = SoftwareBackend::from_secrets(&part(0), &part(1), &part(2), &part(3))
+            .map_err(|e| failed("unsealed keys", e))?;
+        Ok(TpmBackend {
+            keys,
+            ctx: Mutex::new(ctx),
+        })
+    }
+}
+
+impl Backend for TpmBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            class: "tee",
+            detail: "tpm",
+            memory_locked: self.keys.info().memory_locked,
+        }
+    }
+    fn identity_public(&self) -> k256::ecdsa::VerifyingKey {
+        self.keys.identity_public()
+    }
+    fn chain_public(&self) -> [u8; 32] {
+        self.keys.chain_public()
+    }
+    fn box_public(&self) -> [u8; 32] {
+        self.keys.box_public()
+    }
+    fn sign_secp256k1_prehash(&self, digest: &[u8; 32]) -> Result<[u8; 65], BackendError> {
+        self.keys.sign_secp256k1_prehash(digest)
+    }
+    fn sign_ed25519(&self, message: &[u8]) -> Result<[u8; 64], BackendError> {
+        self.keys.sign_ed25519(message)
+    }
+    fn x25519(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, BackendError> {
+        self.keys.x25519(peer)
+    }
+    fn aes_gcm_encrypt(&self, iv: &[u8; 12], plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.keys.aes_gcm_encrypt(iv, plaintext)
+    }
+    fn random(&self, out: &mut [u8]) -> Result<(), BackendError> {
+        let mut ctx = self
+            .ctx
+            .lock()
+            .map_err(|_| failed("random", "lock poisoned"))?;
+        for part in out.chunks_mut(32) {
+            let bytes = ctx
+                .get_random(part.len())
+                .map_err(|e| failed("random", e))?;
+            part.copy_from_slice(bytes.value());
+        }
+        Ok(())
+    }
+}
