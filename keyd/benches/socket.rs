@@ -99,8 +99,24 @@ fn pkcs11() -> Option<(f64, f64)> {
     Some((direct, through_keyd))
 }
 
+/// Batched signatures through keyd with keys unsealed from a fresh swtpm. `None` without swtpm.
+fn tpm() -> Option<f64> {
+    let daemon = common::Daemon::start_tpm()?;
+    let client = daemon.client();
+    let did = client.did().to_string();
+    let total = 40 * BATCH;
+    let all = envelopes(&did, client.next_sequence_number().unwrap(), total);
+    let start = Instant::now();
+    for chunk in all.chunks(BATCH) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        client.sign_envelopes(&refs).unwrap();
+    }
+    Some(total as f64 / start.elapsed().as_secs_f64())
+}
+
 fn main() {
     let (pkcs11_direct, pkcs11_keyd) = pkcs11().unwrap_or((0.0, 0.0));
+    let tpm_batched = tpm().unwrap_or(0.0);
     let daemon = common::Daemon::start_default();
     let client = daemon.client();
     let did = client.did().to_string();
@@ -219,7 +235,7 @@ fn main() {
     });
 
     println!(
-        "{{\"cores\":{threads},\"in_process_per_s\":{in_process:.0},\"in_process_all_cores_per_s\":{in_process_all:.0},\"unbatched_per_s\":{unbatched:.0},\"unbatched_p50_us\":{:.0},\"unbatched_p99_us\":{:.0},\"unbatched_async_per_s\":{async_rate:.0},\"unbatched_async_p50_us\":{:.0},\"unbatched_async_p99_us\":{:.0},\"batched_per_s\":{batched:.0},\"batch_size\":{BATCH},\"batched_p50_us\":{:.0},\"batched_p99_us\":{:.0},\"streamed_per_s\":{streamed:.0},\"pkcs11_direct_two_sessions_per_s\":{pkcs11_direct:.0},\"pkcs11_batched_per_s\":{pkcs11_keyd:.0}}}",
+        "{{\"cores\":{threads},\"in_process_per_s\":{in_process:.0},\"in_process_all_cores_per_s\":{in_process_all:.0},\"unbatched_per_s\":{unbatched:.0},\"unbatched_p50_us\":{:.0},\"unbatched_p99_us\":{:.0},\"unbatched_async_per_s\":{async_rate:.0},\"unbatched_async_p50_us\":{:.0},\"unbatched_async_p99_us\":{:.0},\"batched_per_s\":{batched:.0},\"batch_size\":{BATCH},\"batched_p50_us\":{:.0},\"batched_p99_us\":{:.0},\"streamed_per_s\":{streamed:.0},\"pkcs11_direct_two_sessions_per_s\":{pkcs11_direct:.0},\"pkcs11_batched_per_s\":{pkcs11_keyd:.0},\"tpm_batched_per_s\":{tpm_batched:.0}}}",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&async_latencies, 0.5),
