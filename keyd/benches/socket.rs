@@ -124,7 +124,7 @@ fn main() {
 
     // In process: the same EIP-191 signatures with k256, one thread.
     let key = k256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
-    let sample = envelopes(&did, 0, 2000);
+    let sample = envelopes(&did, 0, 8000);
     let start = Instant::now();
     for e in &sample {
         std::hint::black_box(package::sign_eip191(&key, e));
