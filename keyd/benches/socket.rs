@@ -86,32 +86,26 @@ fn pkcs11() -> Option<(f64, f64)> {
     });
     let direct = (2 * per_thread) as f64 / start.elapsed().as_secs_f64();
 
+    Some((direct, batched_rate(&daemon, 6)))
+}
+
+/// Signatures per second through keyd, `batches` calls of BATCH envelopes.
+fn batched_rate(daemon: &common::Daemon, batches: usize) -> f64 {
     let client = daemon.client();
     let did = client.did().to_string();
-    let total = 6 * BATCH;
+    let total = batches * BATCH;
     let all = envelopes(&did, client.next_sequence_number().unwrap(), total);
     let start = Instant::now();
     for chunk in all.chunks(BATCH) {
         let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
         client.sign_envelopes(&refs).unwrap();
     }
-    let through_keyd = total as f64 / start.elapsed().as_secs_f64();
-    Some((direct, through_keyd))
+    total as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Batched signatures through keyd with keys unsealed from a fresh swtpm. `None` without swtpm.
 fn tpm() -> Option<f64> {
-    let daemon = common::Daemon::start_tpm()?;
-    let client = daemon.client();
-    let did = client.did().to_string();
-    let total = 40 * BATCH;
-    let all = envelopes(&did, client.next_sequence_number().unwrap(), total);
-    let start = Instant::now();
-    for chunk in all.chunks(BATCH) {
-        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-        client.sign_envelopes(&refs).unwrap();
-    }
-    Some(total as f64 / start.elapsed().as_secs_f64())
+    Some(batched_rate(&common::Daemon::start_tpm()?, 40))
 }
 
 fn main() {

@@ -136,80 +136,43 @@ impl Daemon {
         let d = dir.path();
         std::fs::write(d.join("policy.toml"), policy).unwrap();
         let owner = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([11u8; 32]));
+        let mut swtpm = None;
+        let (name, table) = match backend {
+            Backend::Software => (
+                "software",
+                format!(
+                    "[software]\nkey_file = \"{}/state/keys.json\"\n",
+                    d.display()
+                ),
+            ),
+            Backend::Pkcs11 => {
+                init_softhsm_token(d);
+                (
+                    "pkcs11",
+                    format!(
+                        "[pkcs11]\ntoken_label = \"keyd-test\"\npin_file = \"{}/pin\"\n",
+                        d.display()
+                    ),
+                )
+            }
+            Backend::Tpm => {
+                std::fs::create_dir_all(d.join("swtpm")).unwrap();
+                let (child, tcti) = start_swtpm(&d.join("swtpm"));
+                swtpm = Some(child);
+                (
+                    "tpm",
+                    format!(
+                        "[tpm]\ntcti = \"{tcti}\"\nblob_dir = \"{}/blobs\"\npcrs = [7]\n",
+                        d.display()
+                    ),
+                )
+            }
+        };
         let config = format!(
-            "backend = \"software\"\nsocket = \"{0}/run/keyd.sock\"\npolicy = \"{0}/policy.toml\"\nstate_dir = \"{0}/state\"\naudit_log = \"{0}/state/audit.jsonl\"\n{extra_config}\n[software]\nkey_file = \"{0}/state/keys.json\"\n[[recipients]]\nid = \"owner-1\"\ntype = \"owner\"\npublic_key_hex = \"{1}\"\n",
+            "backend = \"{name}\"\nsocket = \"{0}/run/keyd.sock\"\npolicy = \"{0}/policy.toml\"\nstate_dir = \"{0}/state\"\naudit_log = \"{0}/state/audit.jsonl\"\n{extra_config}\n{table}[[recipients]]\nid = \"owner-1\"\ntype = \"owner\"\npublic_key_hex = \"{1}\"\n",
             d.display(),
             hex::encode(owner.as_bytes())
         );
-        let config = if pkcs11 {
-            std::fs::create_dir_all(d.join("tokens")).unwrap();
-            std::fs::write(d.join("softhsm2.conf"), format!("directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n", d.display())).unwrap();
-            let init = Command::new("softhsm2-util")
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    "keyd-test",
-                    "--so-pin",
-                    "87654321",
-                    "--pin",
-                    "24681357",
-                ])
-                .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
-                .output()
-                .unwrap();
-            assert!(
-                init.status.success(),
-                "{}",
-                String::from_utf8_lossy(&init.stderr)
-            );
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(d.join("pin"))
-                .unwrap()
-                .write_all(b"24681357\n")
-                .unwrap();
-            let table = format!(
-                "[pkcs11]\ntoken_label = \"keyd-test\"\npin_file = \"{}/pin\"\n",
-                d.display()
-            );
-            config
-                .replace(
-                    &format!(
-                        "[software]\nkey_file = \"{}/state/keys.json\"\n",
-                        d.display()
-                    ),
-                    &table,
-                )
-                .replace("backend = \"software\"", "backend = \"pkcs11\"")
-        } else {
-            config
-        };
-        let mut swtpm = None;
-        let config = if backend == Backend::Tpm {
-            std::fs::create_dir_all(d.join("swtpm")).unwrap();
-            let (child, tcti) = start_swtpm(&d.join("swtpm"));
-            swtpm = Some(child);
-            let table = format!(
-                "[tpm]\ntcti = \"{tcti}\"\nblob_dir = \"{}/blobs\"\npcrs = [7]\n",
-                d.display()
-            );
-            config
-                .replace(
-                    &format!(
-                        "[software]\nkey_file = \"{}/state/keys.json\"\n",
-                        d.display()
-                    ),
-                    &table,
-                )
-                .replace("backend = \"software\"", "backend = \"tpm\"")
-        } else {
-            config
-        };
         std::fs::write(d.join("keyd.toml"), config).unwrap();
         let mut init = Command::new(KEYD);
         init.args(["init", "--config"]).arg(d.join("keyd.toml"));
@@ -306,6 +269,48 @@ impl Daemon {
             .map(|k| keys[k].as_str().unwrap().to_string())
             .collect()
     }
+}
+
+/// A fresh SoftHSM token (label keyd-test) in `d`, and the PIN file keyd reads.
+fn init_softhsm_token(d: &std::path::Path) {
+    std::fs::create_dir_all(d.join("tokens")).unwrap();
+    std::fs::write(
+        d.join("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let init = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "keyd-test",
+            "--so-pin",
+            "87654321",
+            "--pin",
+            "24681357",
+        ])
+        .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(d.join("pin"))
+        .unwrap()
+        .write_all(b"24681357\n")
+        .unwrap();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
