@@ -19,6 +19,9 @@ pub struct Record<'a> {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub pid: Option<i32>,
+    /// TCP callers: SHA-256 of the client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<&'a str>,
     pub op: &'a str,
     pub key: &'a str,
     pub batch: usize,
@@ -141,6 +144,7 @@ mod tests {
             uid: Some(1),
             gid: Some(1),
             pid: Some(2),
+            client_cert: None,
             op,
             key: "identity",
             batch: 3,

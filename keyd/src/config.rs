@@ -26,6 +26,19 @@ pub struct RecipientConfig {
     pub public_key_hex: String,
 }
 
+/// The optional TCP listener: TLS (rustls), client certificates required, each caller
+/// authorized by its certificate's SHA-256 in the policy (`client_certs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    pub listen: std::net::SocketAddr,
+    /// Server certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that issues client certificates (PEM); the policy still names each one allowed.
+    pub client_ca: PathBuf,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SoftwareConfig {
@@ -78,6 +91,8 @@ pub struct Config {
     pub pkcs11: Option<crate::backend::pkcs11::Pkcs11Config>,
     #[serde(default)]
     pub tpm: Option<crate::backend::tpm::TpmConfig>,
+    #[serde(default)]
+    pub tcp: Option<TcpConfig>,
 }
 
 fn default_max_batch() -> usize {

@@ -49,6 +49,9 @@ struct Rule {
     gids: Vec<u32>,
     #[serde(default)]
     groups: Vec<String>,
+    /// TCP callers: SHA-256 (hex) of their client certificate (DER).
+    #[serde(default)]
+    client_certs: Vec<String>,
     operations: Vec<Operation>,
 }
 
@@ -57,6 +60,7 @@ struct Rule {
 struct Grant {
     uids: HashSet<u32>,
     gids: HashSet<u32>,
+    certs: HashSet<String>,
     operations: HashSet<Operation>,
 }
 
@@ -98,18 +102,40 @@ impl Policy {
                         .ok_or_else(|| error(format!("allow[{i}]: no such group {group:?}")))?,
                 );
             }
-            if uids.is_empty() && gids.is_empty() {
+            let mut certs = HashSet::new();
+            for cert in &rule.client_certs {
+                let hex = cert
+                    .strip_prefix("sha256:")
+                    .unwrap_or(cert)
+                    .to_ascii_lowercase();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(error(format!(
+                        "allow[{i}]: client_certs entry {cert:?} is not a SHA-256 fingerprint (64 hex digits)"
+                    )));
+                }
+                certs.insert(hex);
+            }
+            if uids.is_empty() && gids.is_empty() && certs.is_empty() {
                 return Err(error(format!(
-                    "allow[{i}]: names no uid, user, gid or group"
+                    "allow[{i}]: names no uid, user, gid, group or client certificate"
                 )));
             }
             grants.push(Grant {
                 uids,
                 gids,
+                certs,
                 operations: rule.operations.into_iter().collect(),
             });
         }
         Ok(Policy { grants })
+    }
+
+    /// Whether the TCP caller whose certificate has this SHA-256 (lowercase hex) may
+    /// perform `operation`.
+    pub fn allows_cert(&self, fingerprint: &str, operation: Operation) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.certs.contains(fingerprint) && g.operations.contains(&operation))
     }
 
     /// Whether a caller with these credentials may perform `operation`.

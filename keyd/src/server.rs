@@ -168,15 +168,55 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .max_encoding_message_size(64 << 20);
 
     tracing::info!(did = service.did(), socket = %config.socket.display(), backend = info.detail, "keyd serving");
-    let result = tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(config.request_timeout_ms))
-        .concurrency_limit_per_connection(config.max_concurrent_requests)
-        .add_service(health_service)
+    // One shutdown signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let builder = || {
+        tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .concurrency_limit_per_connection(config.max_concurrent_requests)
+    };
+    let unix = builder()
+        .add_service(health_service.clone())
         .add_service(reflection)
-        .add_service(keyd)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .add_service(keyd.clone())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+    let result = match &config.tcp {
+        None => unix.await.map_err(|e| e.to_string()),
+        Some(tcp) => {
+            let tls = tls_config(tcp)?;
+            tracing::info!(listen = %tcp.listen, "keyd serving TCP with TLS; client certificates required");
+            let tcp_server = builder()
+                .tls_config(tls)
+                .map_err(|e| format!("tcp: {e}"))?
+                .add_service(health_service)
+                .add_service(keyd)
+                .serve_with_shutdown(tcp.listen, stopped(stop_rx));
+            let (a, b) = tokio::join!(unix, tcp_server);
+            a.map_err(|e| e.to_string())
+                .and(b.map_err(|e| format!("tcp {}: {e}", tcp.listen)))
+        }
+    };
     service.sync_audit();
     let _ = std::fs::remove_file(&config.socket);
-    result.map_err(|e| e.to_string())
+    result
+}
+
+/// rustls with a server identity and *required* client certificates from `client_ca`.
+fn tls_config(tcp: &crate::config::TcpConfig) -> Result<tonic::transport::ServerTlsConfig, String> {
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|e| format!("tcp: {}: {e}", path.display()));
+    let identity = tonic::transport::Identity::from_pem(read(&tcp.cert)?, read(&tcp.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(tonic::transport::Certificate::from_pem(read(
+            &tcp.client_ca,
+        )?))
+        .client_auth_optional(false))
 }

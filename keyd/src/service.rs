@@ -50,6 +50,8 @@ struct Caller {
     uid: Option<u32>,
     gid: Option<u32>,
     pid: Option<i32>,
+    /// TCP callers: SHA-256 of their client certificate (DER).
+    cert: Option<[u8; 32]>,
 }
 
 pub struct ServiceConfig {
@@ -108,10 +110,14 @@ impl KeydService {
             .extensions()
             .get::<UdsConnectInfo>()
             .and_then(|info| info.peer_cred);
+        let cert = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| Sha256::digest(c.as_ref()).into()));
         Caller {
             uid: cred.map(|c| c.uid()),
             gid: cred.map(|c| c.gid()),
             pid: cred.and_then(|c| c.pid()),
+            cert,
         }
     }
 
@@ -124,11 +130,13 @@ impl KeydService {
         result: &str,
         started: Instant,
     ) {
+        let cert = caller.cert.map(hex::encode);
         let record = Record {
             time: stream::layout::utc_now_iso8601(),
             uid: caller.uid,
             gid: caller.gid,
             pid: caller.pid,
+            client_cert: cert.as_deref(),
             op: op.name(),
             key,
             batch,
@@ -155,16 +163,20 @@ impl KeydService {
         work: impl FnOnce() -> Result<T, Status>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let allowed = match (caller.uid, caller.gid) {
-            (Some(uid), Some(gid)) => self.policy.allows(uid, gid, op),
+        let allowed = match (caller.uid, caller.gid, caller.cert) {
+            (Some(uid), Some(gid), _) => self.policy.allows(uid, gid, op),
+            (_, _, Some(cert)) => self.policy.allows_cert(&hex::encode(cert), op),
             _ => false,
         };
         if !allowed {
             self.audit(caller, op, key, batch, "denied", started);
+            let who = match (caller.uid, caller.gid, caller.cert) {
+                (Some(uid), Some(gid), _) => format!("uid {uid} gid {gid}"),
+                (_, _, Some(cert)) => format!("client certificate sha256:{}", hex::encode(cert)),
+                _ => "an unidentified caller".into(),
+            };
             return Err(Status::permission_denied(format!(
-                "uid {} gid {} may not {} (policy)",
-                caller.uid.map_or("?".into(), |u| u.to_string()),
-                caller.gid.map_or("?".into(), |g| g.to_string()),
+                "{who} may not {} (policy)",
                 op.name()
             )));
         }

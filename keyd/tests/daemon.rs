@@ -409,3 +409,184 @@ fn no_core_dumps_and_no_key_bytes_in_any_output() {
         );
     }
 }
+
+/// A CA, a server certificate for localhost and 127.0.0.1, and two client certificates.
+fn make_pki(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                "/CN=keyd test CA",
+                "-days",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n").unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for (name, ext) in [
+        ("server", "server.ext"),
+        ("client1", "client.ext"),
+        ("client2", "client.ext"),
+    ] {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+        openssl(&[
+            "x509",
+            "-in",
+            &crt,
+            "-outform",
+            "DER",
+            "-out",
+            &format!("{name}.der"),
+        ]);
+    }
+}
+
+/// An identity call over TLS; `client` names the certificate to present, if any.
+fn tls_identity(port: u16, pki: &Path, client: Option<&str>) -> Result<String, String> {
+    use keyd_proto::v1;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")))
+        .domain_name("localhost");
+    if let Some(name) = client {
+        tls = tls.identity(Identity::from_pem(
+            read(&format!("{name}.crt")),
+            read(&format!("{name}.key")),
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        v1::keyd_client::KeydClient::new(channel)
+            .identity(v1::IdentityRequest {})
+            .await
+            .map(|r| r.into_inner().did)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    })
+}
+
+#[test]
+fn tcp_listener_requires_an_allowed_client_certificate() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: openssl is needed to make test certificates");
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    use sha2::Digest;
+    let allowed = hex::encode(sha2::Sha256::digest(
+        std::fs::read(pki.path().join("client1.der")).unwrap(),
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = pki.path().display();
+    let daemon = Daemon::start_with(
+        &format!("{}[[allow]]\nclient_certs = [\"sha256:{allowed}\"]\noperations = [\"identity\"]\n", Daemon::allow_all()),
+        &format!("[tcp]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{p}/server.crt\"\nkey = \"{p}/server.key\"\nclient_ca = \"{p}/ca.crt\"\n"),
+    );
+    let did = daemon.client().did().to_string();
+    // Give the TCP listener a moment after the Unix socket appeared.
+    let mut result = Err(String::new());
+    for _ in 0..50 {
+        result = tls_identity(port, pki.path(), Some("client1"));
+        if result.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(result, Ok(did));
+    let denied = tls_identity(port, pki.path(), Some("client2")).unwrap_err();
+    assert!(
+        denied.contains("PermissionDenied") && denied.contains("client certificate sha256:"),
+        "{denied}"
+    );
+    assert!(
+        tls_identity(port, pki.path(), None).is_err(),
+        "no client certificate, no service"
+    );
+    let audit = std::fs::read_to_string(daemon.path("state/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains(&format!("\"client_cert\":\"{allowed}\"")),
+        "{audit}"
+    );
+}
