@@ -54,6 +54,30 @@ impl Keys {
         })
         .collect()
     }
+    /// `peaqos stream sign` with this set's keys, signing as `did`.
+    fn sign(&self, map: &Path, dir: &Path, did: &str) -> Output {
+        let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+        let (identity, field) = (self.path("identity.key"), self.path("field.key"));
+        peaqos(&[
+            "stream",
+            "sign",
+            "--map",
+            map.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--signing-key-file",
+            &identity,
+            "--field-key-file",
+            &field,
+            "--did",
+            did,
+            "--key-id",
+            "k",
+        ])
+    }
+
     fn publish(&self, input: &Path, out: &Path, extra: &[&str]) -> Output {
         let mut args = vec![
             "stream",
@@ -174,24 +198,7 @@ fn sign_refuses_a_did_that_is_not_the_keys() {
     std::fs::write(tmp.path().join("map.yaml"), "topics: []\n").unwrap();
     std::fs::write(tmp.path().join("in.jsonl"), "").unwrap();
     let other = format!("did:peaq:0x{}", "12".repeat(20));
-    let out = peaqos(&[
-        "stream",
-        "sign",
-        "--map",
-        tmp.path().join("map.yaml").to_str().unwrap(),
-        "--input",
-        tmp.path().join("in.jsonl").to_str().unwrap(),
-        "--output",
-        tmp.path().join("out.jsonl").to_str().unwrap(),
-        "--signing-key-file",
-        &keys.path("identity.key"),
-        "--field-key-file",
-        &keys.path("field.key"),
-        "--did",
-        &other,
-        "--key-id",
-        "k",
-    ]);
+    let out = keys.sign(&tmp.path().join("map.yaml"), tmp.path(), &other);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out).contains("--did") && text(&out).contains(&other),
@@ -208,24 +215,7 @@ fn map_errors_name_file_line_and_key() {
     let map = tmp.path().join("map.yaml");
     std::fs::write(&map, "topics:\n  - topic: /a\n    field_rules:\n      rules:\n        - field_path: x\n          action: exclude\n          strategy: hash\n").unwrap();
     std::fs::write(tmp.path().join("in.jsonl"), "").unwrap();
-    let out = peaqos(&[
-        "stream",
-        "sign",
-        "--map",
-        map.to_str().unwrap(),
-        "--input",
-        tmp.path().join("in.jsonl").to_str().unwrap(),
-        "--output",
-        tmp.path().join("out.jsonl").to_str().unwrap(),
-        "--signing-key-file",
-        &keys.path("identity.key"),
-        "--field-key-file",
-        &keys.path("field.key"),
-        "--did",
-        &keys.read("identity.did"),
-        "--key-id",
-        "k",
-    ]);
+    let out = keys.sign(&map, tmp.path(), &keys.read("identity.did"));
     assert_eq!(out.status.code(), Some(2));
     let shown = text(&out);
     assert!(

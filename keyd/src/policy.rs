@@ -153,7 +153,8 @@ fn lookup_user(name: &str) -> Option<u32> {
     (!entry.is_null()).then(|| unsafe { (*entry).pw_uid })
 }
 
-fn lookup_group(name: &str) -> Option<u32> {
+/// The gid of a group name.
+pub(crate) fn lookup_group(name: &str) -> Option<u32> {
     let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: getgrnam returns a pointer to static storage or null; we read one field at once.
     let entry = unsafe { libc::getgrnam(name.as_ptr()) };

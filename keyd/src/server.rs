@@ -93,13 +93,6 @@ pub fn build_service(config: &Config, backend: Arc<dyn Backend>) -> Result<KeydS
     ))
 }
 
-fn group_id(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getgrnam returns static storage or null; one field is read at once.
-    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
-    (!entry.is_null()).then(|| unsafe { (*entry).gr_gid })
-}
-
 fn chown_group(path: &Path, gid: u32) -> Result<(), String> {
     std::os::unix::fs::chown(path, None, Some(gid))
         .map_err(|e| format!("chown {}: {e}", path.display()))
@@ -124,8 +117,8 @@ fn bind_socket(config: &Config) -> Result<UnixListener, String> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| format!("{}: {e}", socket.display()))?;
     if let Some(group) = &config.socket_group {
-        let gid =
-            group_id(group).ok_or_else(|| format!("socket_group: no such group {group:?}"))?;
+        let gid = crate::policy::lookup_group(group)
+            .ok_or_else(|| format!("socket_group: no such group {group:?}"))?;
         chown_group(dir, gid)?;
         chown_group(socket, gid)?;
     }

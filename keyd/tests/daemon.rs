@@ -45,12 +45,7 @@ fn pkcs11_signatures_verify_and_keys_stay_in_the_token() {
         return;
     };
     signatures_verify_on(&daemon, "tee");
-    let status = Command::new(KEYD)
-        .envs(daemon.env())
-        .args(["status", "--config"])
-        .arg(daemon.path("keyd.toml"))
-        .output()
-        .unwrap();
+    let status = daemon.keyd("status");
     let report = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.status.success(),
@@ -73,11 +68,7 @@ fn pkcs11_signatures_verify_and_keys_stay_in_the_token() {
     }
     // The software backend reports the truth too: not protected.
     let software = Daemon::start();
-    let status = Command::new(KEYD)
-        .args(["status", "--config"])
-        .arg(software.path("keyd.toml"))
-        .output()
-        .unwrap();
+    let status = software.keyd("status");
     assert_eq!(status.status.code(), Some(1));
 }
 

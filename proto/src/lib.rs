@@ -10,6 +10,34 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("keyd.v1");
 
+    impl std::fmt::Debug for ChunkKey {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ChunkKey")
+                .field("key", &"<redacted>")
+                .field("key_commitment", &self.key_commitment)
+                .field("recipients", &self.recipients)
+                .finish()
+        }
+    }
+
     /// The encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyd_descriptor");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunk_keys_are_redacted_in_debug() {
+        let key = super::v1::ChunkKey {
+            key: vec![0xab; 32],
+            key_commitment: "sha256:00".into(),
+            recipients: vec![],
+        };
+        let response = super::v1::NewChunkKeysResponse { keys: vec![key] };
+        let shown = format!("{response:?}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("171"),
+            "{shown}"
+        );
+    }
 }

@@ -95,14 +95,19 @@ impl Daemon {
         }
     }
 
-    /// Runs `keyd run` in the foreground, expecting it to fail; returns its stderr.
-    pub fn run_expecting_failure(&self) -> String {
-        let out = Command::new(KEYD)
+    /// Runs `keyd SUBCOMMAND --config <this daemon's config>` to completion.
+    pub fn keyd(&self, subcommand: &str) -> std::process::Output {
+        Command::new(KEYD)
             .envs(self.env())
-            .args(["run", "--config"])
+            .args([subcommand, "--config"])
             .arg(self.path("keyd.toml"))
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs `keyd run` in the foreground, expecting it to fail; returns its stderr.
+    pub fn run_expecting_failure(&self) -> String {
+        let out = self.keyd("run");
         assert!(!out.status.success(), "keyd started");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
