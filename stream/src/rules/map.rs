@@ -57,16 +57,17 @@ struct TopicDoc {
     field_rules: Option<FieldRulesDoc>,
 }
 
-#[derive(Deserialize)]
+/// `field_rules` as written in a map; other map readers (the edge agent) embed it.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FieldRulesDoc {
+pub struct FieldRulesDoc {
     #[serde(default, alias = "defaultAction")]
     default_action: Option<ActionName>,
     #[serde(default)]
     rules: Vec<RuleDoc>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleDoc {
     #[serde(alias = "fieldPath")]
@@ -76,7 +77,7 @@ struct RuleDoc {
     anonymize_strategy: Option<StrategyName>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(try_from = "String")]
 struct ActionName(Action);
 
@@ -92,7 +93,7 @@ impl TryFrom<String> for ActionName {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(try_from = "String")]
 struct StrategyName(Strategy);
 
@@ -102,6 +103,23 @@ impl TryFrom<String> for StrategyName {
         Strategy::parse(&name).map(StrategyName).ok_or_else(|| {
             format!("unknown anonymize_strategy {name:?} (expected hash, generalize or redact)")
         })
+    }
+}
+
+impl FieldRulesDoc {
+    pub fn into_rules(self) -> FieldRules {
+        FieldRules {
+            default_action: self.default_action.map(|a| a.0),
+            rules: self
+                .rules
+                .into_iter()
+                .map(|r| Rule {
+                    field_path: r.field_path,
+                    action: r.action.0,
+                    anonymize_strategy: r.anonymize_strategy.map(|s| s.0),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -120,21 +138,10 @@ pub fn parse_map(text: &str, origin: &str) -> Result<TopicRules, MapError> {
     };
     let mut by_topic = HashMap::new();
     for (i, topic) in doc.topics.into_iter().enumerate() {
-        let rules = match topic.field_rules {
-            None => FieldRules::default(),
-            Some(doc) => FieldRules {
-                default_action: doc.default_action.map(|a| a.0),
-                rules: doc
-                    .rules
-                    .into_iter()
-                    .map(|r| Rule {
-                        field_path: r.field_path,
-                        action: r.action.0,
-                        anonymize_strategy: r.anonymize_strategy.map(|s| s.0),
-                    })
-                    .collect(),
-            },
-        };
+        let rules = topic
+            .field_rules
+            .map(FieldRulesDoc::into_rules)
+            .unwrap_or_default();
         if by_topic.insert(topic.topic.clone(), rules).is_some() {
             return Err(invalid(format!(
                 "topics[{i}]: topic {:?} appears twice",

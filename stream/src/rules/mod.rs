@@ -9,7 +9,7 @@ mod anonymize;
 mod map;
 
 pub use anonymize::bucket;
-pub use map::{load_map_file, parse_map, MapError, TopicRules};
+pub use map::{load_map_file, parse_map, FieldRulesDoc, MapError, TopicRules};
 
 use crate::json::{self, Map, Value};
 

@@ -1,0 +1,31 @@
+//! Embeds the standard `.msg` definitions shipped in `interfaces/` into the binary.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("interfaces");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let mut entries = Vec::new();
+    for package in std::fs::read_dir(&root).expect("agent/interfaces exists") {
+        let package = package.expect("readable").path();
+        let msg_dir = package.join("msg");
+        println!("cargo:rerun-if-changed={}", msg_dir.display());
+        for file in std::fs::read_dir(&msg_dir).expect("each package has msg/") {
+            let file = file.expect("readable").path();
+            if file.extension().and_then(|e| e.to_str()) == Some("msg") {
+                let pkg = package.file_name().unwrap().to_string_lossy().into_owned();
+                let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+                entries.push((format!("{pkg}/{name}"), file));
+            }
+        }
+    }
+    entries.sort();
+    let mut code = String::from("/// `(package/Name, .msg text)` of every shipped definition.\npub static SHIPPED: &[(&str, &str)] = &[\n");
+    for (name, path) in entries {
+        writeln!(code, "    ({name:?}, include_str!({:?})),", path.display().to_string()).unwrap();
+    }
+    code.push_str("];\n");
+    let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("shipped_interfaces.rs");
+    std::fs::write(out, code).unwrap();
+}

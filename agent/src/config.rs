@@ -1,0 +1,546 @@
+//! The Data Event Map, as the agent reads it (YAML; snake_case keys, camelCase accepted).
+//!
+//! Every section rejects unknown keys, and every error names the file, the line and the key:
+//! a typo must stop the agent, not silently capture the wrong thing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use stream::rules::{FieldRules, FieldRulesDoc};
+
+use crate::msg::{MsgType, Registry};
+
+/// A map that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read map {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `line` is 0 when the problem has no single line (e.g. a missing section).
+    #[error("{}", display_invalid(.path, *.line, .key, .message))]
+    Invalid {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+fn display_invalid(path: &str, line: usize, key: &str, message: &str) -> String {
+    match (line, key.is_empty()) {
+        (0, true) => format!("{path}: {message}"),
+        (0, false) => format!("{path}: {key}: {message}"),
+        (_, true) => format!("{path}:{line}: {message}"),
+        (_, false) => format!("{path}:{line}: {key}: {message}"),
+    }
+}
+
+/// Reliability and history of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QosProfile {
+    /// ROS 2's default: reliable, volatile, keep last `depth` (10).
+    Default,
+    /// Sensor data: best effort, keep last `depth` (5).
+    SensorData,
+    /// Reliable, keep last `depth`, for topics that must not lose samples.
+    Reliable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qos {
+    #[serde(default = "default_profile")]
+    pub profile: QosProfile,
+    #[serde(default)]
+    pub depth: Option<u16>,
+}
+
+fn default_profile() -> QosProfile {
+    QosProfile::Default
+}
+
+impl Default for Qos {
+    fn default() -> Self {
+        Qos {
+            profile: QosProfile::Default,
+            depth: None,
+        }
+    }
+}
+
+impl Qos {
+    pub fn depth(&self) -> u16 {
+        self.depth.unwrap_or(match self.profile {
+            QosProfile::SensorData => 5,
+            _ => 10,
+        })
+    }
+}
+
+/// When an open chunk is closed: whichever bound is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkBounds {
+    #[serde(default = "default_max_bytes", alias = "maxBytes")]
+    pub max_bytes: u64,
+    #[serde(default, alias = "maxMessages")]
+    pub max_messages: Option<u64>,
+    #[serde(default, alias = "maxAgeMs")]
+    pub max_age_ms: Option<u64>,
+}
+
+fn default_max_bytes() -> u64 {
+    262_144
+}
+
+impl Default for ChunkBounds {
+    fn default() -> Self {
+        ChunkBounds {
+            max_bytes: default_max_bytes(),
+            max_messages: None,
+            max_age_ms: None,
+        }
+    }
+}
+
+/// When the spool is flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolFsync {
+    /// After every signed batch, before it counts as accepted (the default).
+    Batch,
+    /// Never explicitly: survives a crash of the agent, not a power cut.
+    None,
+}
+
+/// What happens when the queue in front of keyd is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Stop reading from DDS until there is room (the publisher's QoS decides what is lost).
+    Pause,
+    /// Drop the oldest queued messages to make room, counting every drop.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Bytes of decoded messages held in memory before they go to the disk queue.
+    #[serde(default = "default_memory_bytes", alias = "memoryBytes")]
+    pub memory_bytes: u64,
+    /// Bytes of the disk queue before the overflow policy applies.
+    #[serde(default = "default_disk_bytes", alias = "diskBytes")]
+    pub disk_bytes: u64,
+    #[serde(default = "default_overflow")]
+    pub overflow: Overflow,
+}
+
+fn default_memory_bytes() -> u64 {
+    8 << 20
+}
+fn default_disk_bytes() -> u64 {
+    1 << 30
+}
+fn default_overflow() -> Overflow {
+    Overflow::Pause
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            memory_bytes: default_memory_bytes(),
+            disk_bytes: default_disk_bytes(),
+            overflow: default_overflow(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most packages signed in one keyd call.
+    #[serde(default = "default_batch_messages", alias = "maxMessages")]
+    pub max_messages: usize,
+    /// Longest a message waits for its batch to fill.
+    #[serde(default = "default_batch_delay", alias = "maxDelayMs")]
+    pub max_delay_ms: u64,
+}
+
+fn default_batch_messages() -> usize {
+    512
+}
+fn default_batch_delay() -> u64 {
+    20
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_messages: default_batch_messages(),
+            max_delay_ms: default_batch_delay(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeydDoc {
+    socket: PathBuf,
+    #[serde(default, alias = "backoffMaxMs")]
+    backoff_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsDoc {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicDoc {
+    topic: String,
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    qos: Qos,
+    #[serde(alias = "schemaVersion")]
+    schema_version: String,
+    #[serde(default, alias = "fieldRules")]
+    field_rules: Option<FieldRulesDoc>,
+    #[serde(default)]
+    chunk: ChunkBounds,
+    #[serde(default)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapDoc {
+    keyd: KeydDoc,
+    #[serde(alias = "spoolDir")]
+    spool_dir: PathBuf,
+    #[serde(default, alias = "outputDir")]
+    output_dir: Option<PathBuf>,
+    #[serde(default, alias = "msgDirs")]
+    msg_dirs: Vec<PathBuf>,
+    #[serde(default, alias = "nodeName")]
+    node_name: Option<String>,
+    #[serde(default, alias = "domainId")]
+    domain_id: Option<u16>,
+    #[serde(default, alias = "spoolFsync")]
+    spool_fsync: Option<SpoolFsync>,
+    #[serde(default)]
+    batch: BatchConfig,
+    #[serde(default)]
+    queue: QueueConfig,
+    #[serde(default)]
+    metrics: Option<MetricsDoc>,
+    topics: Vec<TopicDoc>,
+}
+
+/// One captured topic, resolved.
+#[derive(Debug, Clone)]
+pub struct TopicConfig {
+    pub topic: String,
+    /// As written, `pkg/msg/Name`.
+    pub type_name: String,
+    pub msg_type: Arc<MsgType>,
+    pub qos: Qos,
+    pub schema_version: String,
+    pub rules: FieldRules,
+    pub chunk: ChunkBounds,
+    /// The published directory of this topic.
+    pub output: PathBuf,
+    /// The spool directory of this topic.
+    pub spool: PathBuf,
+}
+
+/// A validated map.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub source: PathBuf,
+    pub keyd_socket: PathBuf,
+    pub keyd_backoff_max_ms: u64,
+    pub spool_dir: PathBuf,
+    pub node_name: String,
+    pub domain_id: u16,
+    pub spool_fsync: SpoolFsync,
+    pub batch: BatchConfig,
+    pub queue: QueueConfig,
+    pub metrics: Option<SocketAddr>,
+    pub topics: Vec<TopicConfig>,
+}
+
+/// A directory name for a topic: `/robot/imu` → `robot_imu`.
+pub fn topic_slug(topic: &str) -> String {
+    let slug: String = topic
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    if slug.is_empty() {
+        "root".into()
+    } else {
+        slug
+    }
+}
+
+/// The first line (1-based) whose text contains `key:` followed by `value`, else 0.
+fn line_of(text: &str, key: &str, value: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.find(&format!("{key}:"))
+                .is_some_and(|i| value.is_empty() || l[i..].contains(value))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+impl AgentConfig {
+    /// Reads and validates a map file; relative paths are taken from the map's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let invalid = |line: usize, key: &str, message: String| ConfigError::Invalid {
+            path: origin.clone(),
+            line,
+            key: key.to_string(),
+            message,
+        };
+        let doc: MapDoc = serde_yaml::from_str(text).map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line());
+            // serde_yaml puts the key path first ("topics[0].qos: unknown field …").
+            let message = e.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(i) => message[..i].to_string(),
+                None => message,
+            };
+            invalid(line, "", message)
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let absolute = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let mut registry = Registry::shipped();
+        for (i, dir) in doc.msg_dirs.iter().enumerate() {
+            registry.add_dir(&absolute(dir)).map_err(|e| {
+                invalid(
+                    line_of(text, "msg_dirs", ""),
+                    &format!("msg_dirs[{i}]"),
+                    e.to_string(),
+                )
+            })?;
+        }
+
+        let metrics = match &doc.metrics {
+            None => None,
+            Some(m) => {
+                let line = line_of(text, "listen", &m.listen);
+                let addr: SocketAddr = m.listen.parse().map_err(|_| {
+                    invalid(line, "metrics.listen", format!("{:?} is not an address:port", m.listen))
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        line,
+                        "metrics.listen",
+                        format!("{addr} is not a loopback address: metrics are served on loopback only"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        if doc.batch.max_messages == 0 {
+            return Err(invalid(
+                line_of(text, "max_messages", ""),
+                "batch.max_messages",
+                "must be at least 1".into(),
+            ));
+        }
+        if doc.topics.is_empty() {
+            return Err(invalid(line_of(text, "topics", ""), "topics", "names no topic".into()));
+        }
+
+        let spool_dir = absolute(&doc.spool_dir);
+        let mut topics: Vec<TopicConfig> = Vec::new();
+        for (i, t) in doc.topics.into_iter().enumerate() {
+            let key = |k: &str| format!("topics[{i}].{k}");
+            let topic_line = line_of(text, "topic", &t.topic);
+            if !t.topic.starts_with('/') || t.topic.len() < 2 || t.topic.contains("//") {
+                return Err(invalid(
+                    topic_line,
+                    &key("topic"),
+                    format!("{:?} is not an absolute ROS 2 topic name like /imu", t.topic),
+                ));
+            }
+            if topics.iter().any(|o| o.topic == t.topic) {
+                return Err(invalid(topic_line, &key("topic"), format!("{:?} appears twice", t.topic)));
+            }
+            let msg_type = registry
+                .resolve(&t.type_name)
+                .map_err(|e| invalid(line_of(text, "type", &t.type_name), &key("type"), e.to_string()))?;
+            if t.schema_version.trim().is_empty() {
+                return Err(invalid(
+                    line_of(text, "schema_version", ""),
+                    &key("schema_version"),
+                    "must not be empty".into(),
+                ));
+            }
+            if t.chunk.max_bytes == 0 || t.chunk.max_messages == Some(0) || t.chunk.max_age_ms == Some(0)
+            {
+                return Err(invalid(
+                    line_of(text, "chunk", ""),
+                    &key("chunk"),
+                    "bounds must be at least 1".into(),
+                ));
+            }
+            if t.qos.depth == Some(0) {
+                return Err(invalid(line_of(text, "depth", ""), &key("qos.depth"), "must be at least 1".into()));
+            }
+            let slug = topic_slug(&t.topic);
+            if topics.iter().any(|o| topic_slug(&o.topic) == slug) {
+                return Err(invalid(
+                    topic_line,
+                    &key("topic"),
+                    format!("{:?} maps to the same directory name {slug:?} as another topic", t.topic),
+                ));
+            }
+            let output = match (&t.output, &doc.output_dir) {
+                (Some(dir), _) => absolute(dir),
+                (None, Some(root)) => absolute(root).join(&slug),
+                (None, None) => {
+                    return Err(invalid(
+                        topic_line,
+                        &key("output"),
+                        "has no output: set `output` here or `output_dir` for all topics".into(),
+                    ))
+                }
+            };
+            topics.push(TopicConfig {
+                topic: t.topic,
+                type_name: t.type_name,
+                msg_type,
+                qos: t.qos,
+                schema_version: t.schema_version,
+                rules: t.field_rules.map(FieldRulesDoc::into_rules).unwrap_or_default(),
+                chunk: t.chunk,
+                output,
+                spool: spool_dir.join(&slug),
+            });
+        }
+
+        Ok(AgentConfig {
+            source: path.to_path_buf(),
+            keyd_socket: absolute(&doc.keyd.socket),
+            keyd_backoff_max_ms: doc.keyd.backoff_max_ms.unwrap_or(5_000).max(10),
+            spool_dir,
+            node_name: doc.node_name.unwrap_or_else(|| "edge_agent".into()),
+            domain_id: doc.domain_id.unwrap_or(0),
+            spool_fsync: doc.spool_fsync.unwrap_or(SpoolFsync::Batch),
+            batch: doc.batch,
+            queue: doc.queue,
+            metrics,
+            topics,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+keyd:
+  socket: /run/keyd/keyd.sock
+spool_dir: spool
+output_dir: /data/out
+metrics:
+  listen: 127.0.0.1:9464
+queue:
+  overflow: drop_oldest
+topics:
+  - topic: /imu
+    type: sensor_msgs/msg/Imu
+    qos: { profile: sensor_data }
+    schema_version: \"1\"
+    chunk: { max_bytes: 65536, maxAgeMs: 500 }
+  - topic: /robot/status
+    type: std_msgs/String
+    schemaVersion: \"2\"
+    field_rules:
+      rules:
+        - field_path: data
+          action: encrypt
+";
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("/etc/edge-agent/map.yaml"))
+    }
+
+    #[test]
+    fn a_good_map() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.spool_dir, Path::new("/etc/edge-agent/spool"));
+        assert_eq!(c.topics[0].qos.depth(), 5);
+        assert_eq!(c.topics[0].chunk.max_bytes, 65536);
+        assert_eq!(c.topics[0].chunk.max_age_ms, Some(500));
+        assert_eq!(c.topics[1].output, Path::new("/data/out/robot_status"));
+        assert_eq!(c.topics[1].chunk.max_bytes, 262_144);
+        assert_eq!(c.topics[1].rules.rules.len(), 1);
+        assert_eq!(c.queue.overflow, Overflow::DropOldest);
+        assert_eq!(c.spool_fsync, SpoolFsync::Batch);
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = error(&GOOD.replace("schema_version: \"1\"", "schema_version: \"1\"\n    qos_depth: 3"));
+        assert!(e.starts_with("/etc/edge-agent/map.yaml:14:"), "{e}");
+        assert!(e.contains("unknown field `qos_depth`"), "{e}");
+
+        let e = error(&GOOD.replace("sensor_msgs/msg/Imu", "sensor_msgs/msg/Imuu"));
+        assert!(e.starts_with("/etc/edge-agent/map.yaml:11: topics[0].type:"), "{e}");
+
+        let e = error(&GOOD.replace("sensor_data", "sensors"));
+        assert!(e.contains(":12:") && e.contains("unknown variant `sensors`"), "{e}");
+
+        let e = error(&GOOD.replace("127.0.0.1", "0.0.0.0"));
+        assert!(e.contains(":6: metrics.listen:") && e.contains("loopback"), "{e}");
+
+        let e = error(&GOOD.replace("action: encrypt", "action: encrpyt"));
+        assert!(e.contains(":20:") && e.contains("unknown action"), "{e}");
+
+        let e = error(&GOOD.replace("/robot/status", "/imu"));
+        assert!(e.contains("topics[1].topic") && e.contains("twice"), "{e}");
+
+        let e = error(&GOOD.replace("max_bytes: 65536", "max_bytes: 0"));
+        assert!(e.contains("topics[0].chunk"), "{e}");
+
+        let e = error(&GOOD.replace("output_dir: /data/out\n", ""));
+        assert!(e.contains("topics[0].output"), "{e}");
+
+        let e = error(&GOOD.replace("keyd:\n  socket: /run/keyd/keyd.sock\n", ""));
+        assert!(e.contains("missing field `keyd`"), "{e}");
+    }
+}

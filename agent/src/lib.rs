@@ -1,0 +1,5 @@
+//! The ROS 2 edge agent: captures topics, applies field rules, signs every message through
+//! keyd, and writes signed, encrypted, chained chunks.
+
+pub mod msg;
+pub mod config;
