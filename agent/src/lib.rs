@@ -3,3 +3,9 @@
 
 pub mod msg;
 pub mod config;
+pub mod source_hash;
+pub mod spool;
+pub mod backlog;
+pub mod metrics;
+pub mod pipeline;
+pub mod capture;

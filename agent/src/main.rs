@@ -1,1 +1,209 @@
-fn main() {}
+//! `edge-agent`: capture the topics of a Data Event Map into signed, encrypted chunk chains.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use edge_agent::backlog::Backlog;
+use edge_agent::config::AgentConfig;
+use edge_agent::metrics::Metrics;
+use edge_agent::pipeline::{self, Backoff};
+use edge_agent::spool::TopicSpool;
+use edge_agent::{capture, metrics};
+use keyd_proto::client::KeydClient;
+
+#[derive(Parser)]
+#[command(name = "edge-agent", version, about = "ROS 2 topics to signed, encrypted, chained chunks, through keyd")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture the map's topics until SIGTERM or SIGINT.
+    Run {
+        /// The Data Event Map (YAML).
+        map: PathBuf,
+    },
+    /// Validate a map (keys, types, message definitions, paths) without starting.
+    Check {
+        map: PathBuf,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustdds=error,ros2_client=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { map } => match AgentConfig::load(&map) {
+            Ok(config) => {
+                println!("{}: ok", map.display());
+                println!("keyd socket: {}", config.keyd_socket.display());
+                println!("spool: {}", config.spool_dir.display());
+                for t in &config.topics {
+                    let c = &t.chunk;
+                    println!(
+                        "{} ({}, {:?} depth {}) -> {}  [chunk: {} bytes{}{}]",
+                        t.topic,
+                        t.type_name,
+                        t.qos.profile,
+                        t.qos.depth(),
+                        t.output.display(),
+                        c.max_bytes,
+                        c.max_messages.map(|m| format!(", {m} messages")).unwrap_or_default(),
+                        c.max_age_ms.map(|m| format!(", {m} ms")).unwrap_or_default(),
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("edge-agent: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { map } => {
+            init_logs(cli.log_format);
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                eprintln!("edge-agent: refusing to run as root: run it as its own unprivileged user (see policies/systemd/edge-agent.service)");
+                return ExitCode::from(2);
+            }
+            let config = match AgentConfig::load(&map) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("edge-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "stopped");
+                    eprintln!("edge-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("capture")
+        .enable_all()
+        .build()?;
+    if let Some(addr) = config.metrics {
+        let m = metrics.clone();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+        runtime.spawn(async move {
+            if let Err(e) = metrics::serve(listener, m).await {
+                tracing::error!(error = %e, %addr, "metrics server stopped");
+            }
+        });
+        tracing::info!(%addr, "metrics on /metrics, health on /health");
+    }
+
+    // keyd first: the spools need its DID, and nothing is accepted without it.
+    let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
+    let keyd = loop {
+        match KeydClient::connect(&config.keyd_socket) {
+            Ok(client) => break client,
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for keyd");
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                backoff.wait(&stop);
+            }
+        }
+    };
+    metrics.keyd_up.store(true, Ordering::Relaxed);
+    let did = keyd.identity().did.clone();
+    tracing::info!(%did, backend = %keyd.identity().backend_detail, "connected to keyd");
+
+    let mut spools = config
+        .topics
+        .iter()
+        .map(|t| {
+            TopicSpool::open(&t.spool, &t.output, &did, t.chunk.max_bytes).map(|s| {
+                tracing::info!(topic = %t.topic, next_chunk = s.next_index(), open_packages = s.open_packages(), output = %t.output.display(), "spool recovered");
+                s
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let backlog = Arc::new(Backlog::new(&config.spool_dir, config.queue)?);
+
+    let context = {
+        let _guard = runtime.enter();
+        capture::start(&config, backlog.clone(), metrics.clone(), stop.clone())?
+    };
+
+    let (sender, receiver) = crossbeam_channel::bounded(4);
+    let result = std::thread::scope(|scope| {
+        let signer = scope.spawn(|| {
+            let r = pipeline::run_signer(&config, &backlog, &keyd, &metrics, sender, &stop);
+            if r.is_err() {
+                stop.store(true, Ordering::Relaxed);
+                backlog.close();
+            }
+            r
+        });
+        let writer = scope.spawn(|| {
+            let r = pipeline::run_writer(&config, &mut spools, &keyd, &metrics, receiver, &stop);
+            if r.is_err() {
+                metrics.pipeline_up.store(false, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
+                backlog.close();
+            }
+            r
+        });
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::info!("stopping: draining the queue");
+        backlog.close();
+        let signed = signer.join().map_err(|_| "the signer thread panicked")?;
+        let written = writer.join().map_err(|_| "the writer thread panicked")?;
+        signed?;
+        written?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    drop(context);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+

@@ -54,10 +54,15 @@ impl Manifest {
 
 /// `%Y-%m-%dT%H:%M:%SZ` of the current UTC time.
 pub fn utc_now_iso8601() -> String {
-    let secs = std::time::SystemTime::now()
+    utc_iso8601(std::time::SystemTime::now(), false)
+}
+
+/// `%Y-%m-%dT%H:%M:%SZ` (or `…%S.ffffffZ` with `micros`) of a UTC time.
+pub fn utc_iso8601(time: std::time::SystemTime, micros: bool) -> String {
+    let since = time
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or_default();
+    let secs = since.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -69,8 +74,13 @@ pub fn utc_now_iso8601() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    let fraction = if micros {
+        format!(".{:06}", since.subsec_micros())
+    } else {
+        String::new()
+    };
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
@@ -248,5 +258,7 @@ mod tests {
         let t = utc_now_iso8601();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T");
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(951_782_400_000_007);
+        assert_eq!(utc_iso8601(at, true), "2000-02-29T00:00:00.000007Z");
     }
 }

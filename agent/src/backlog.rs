@@ -1,0 +1,388 @@
+//! The queue between the DDS receive path and signing: memory first, then a disk file, then
+//! the map's overflow policy. Pushing never waits for keyd; a full queue either refuses the
+//! message (`pause`: the capture task stops reading from DDS until there is room) or drops
+//! the oldest queued message (`drop_oldest`), and every drop is counted.
+//!
+//! Messages here are not yet accepted (they are not signed): the disk part is a spill area
+//! for when keyd is slow or down, not a durable log, and is emptied at start.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::{Overflow, QueueConfig};
+
+/// A decoded message waiting to be signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Captured {
+    #[serde(rename = "t")]
+    pub topic: usize,
+    #[serde(rename = "c")]
+    pub captured_at: String,
+    #[serde(rename = "f")]
+    pub fields: Map<String, Value>,
+    /// Approximate size in memory (not written to disk).
+    #[serde(skip)]
+    pub size: usize,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, after dropping this many older messages (`drop_oldest`).
+    QueuedDropping(usize),
+    /// Not queued: full, with the `pause` policy. Here it is back; try again later.
+    Full(Box<Captured>),
+}
+
+/// Queue depth, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub messages: usize,
+    pub memory_bytes: usize,
+    pub disk_bytes: u64,
+}
+
+struct Spill {
+    path: PathBuf,
+    writer: File,
+    reader: BufReader<File>,
+    written: u64,
+    read: u64,
+    messages: usize,
+}
+
+struct Inner {
+    memory: VecDeque<Captured>,
+    memory_bytes: usize,
+    spill: Option<Spill>,
+    closed: bool,
+}
+
+/// A bounded memory + disk FIFO.
+pub struct Backlog {
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    config: QueueConfig,
+    dir: PathBuf,
+}
+
+/// The queue could not use its disk file.
+#[derive(Debug, thiserror::Error)]
+#[error("disk queue {path}: {source}")]
+pub struct BacklogError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl Backlog {
+    /// A queue spilling into `dir/queue.jsonl` (removed now if left from a previous run).
+    pub fn new(dir: &Path, config: QueueConfig) -> Result<Self, BacklogError> {
+        let path = dir.join("queue.jsonl");
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BacklogError {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        Ok(Backlog {
+            inner: Mutex::new(Inner {
+                memory: VecDeque::new(),
+                memory_bytes: 0,
+                spill: None,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            config,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves the queue usable as it was.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn depth(&self) -> Depth {
+        let inner = self.lock();
+        let (disk_messages, disk_bytes) = inner
+            .spill
+            .as_ref()
+            .map_or((0, 0), |s| (s.messages, s.written - s.read));
+        Depth {
+            messages: inner.memory.len() + disk_messages,
+            memory_bytes: inner.memory_bytes,
+            disk_bytes,
+        }
+    }
+
+    /// Adds a message at the tail.
+    pub fn push(&self, item: Captured) -> Result<Pushed, BacklogError> {
+        let mut inner = self.lock();
+        let fits_memory = inner.spill.is_none()
+            && inner.memory_bytes + item.size <= self.config.memory_bytes as usize;
+        if fits_memory {
+            inner.memory_bytes += item.size;
+            inner.memory.push_back(item);
+            drop(inner);
+            self.ready.notify_one();
+            return Ok(Pushed::Queued);
+        }
+        let line = serde_json::to_vec(&item).map_err(|e| self.error(e.into()))?;
+        let mut dropped = 0;
+        loop {
+            let disk = inner.spill.as_ref().map_or(0, |s| s.written - s.read);
+            if disk + line.len() as u64 + 1 <= self.config.disk_bytes {
+                break;
+            }
+            match self.config.overflow {
+                Overflow::Pause => return Ok(Pushed::Full(Box::new(item))),
+                Overflow::DropOldest => {
+                    if self.pop_one(&mut inner)?.is_none() {
+                        // Nothing left to drop: the message alone exceeds the disk queue.
+                        return Ok(Pushed::Full(Box::new(item)));
+                    }
+                    dropped += 1;
+                }
+            }
+        }
+        if inner.spill.is_none() {
+            inner.spill = Some(self.open_spill()?);
+        }
+        let spill = inner.spill.as_mut().expect("opened above");
+        spill
+            .writer
+            .write_all(&line)
+            .and_then(|_| spill.writer.write_all(b"\n"))
+            .map_err(|source| BacklogError {
+                path: spill.path.display().to_string(),
+                source,
+            })?;
+        spill.written += line.len() as u64 + 1;
+        spill.messages += 1;
+        drop(inner);
+        self.ready.notify_one();
+        Ok(if dropped > 0 {
+            Pushed::QueuedDropping(dropped)
+        } else {
+            Pushed::Queued
+        })
+    }
+
+    fn error(&self, source: std::io::Error) -> BacklogError {
+        BacklogError {
+            path: self.dir.join("queue.jsonl").display().to_string(),
+            source,
+        }
+    }
+
+    fn open_spill(&self) -> Result<Spill, BacklogError> {
+        let path = self.dir.join("queue.jsonl");
+        let writer = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| self.error(e))?;
+        let reader = File::open(&path).map_err(|e| self.error(e))?;
+        Ok(Spill {
+            path,
+            writer,
+            reader: BufReader::new(reader),
+            written: 0,
+            read: 0,
+            messages: 0,
+        })
+    }
+
+    /// The oldest message, from memory, else from the disk file.
+    fn pop_one(&self, inner: &mut Inner) -> Result<Option<Captured>, BacklogError> {
+        if let Some(item) = inner.memory.pop_front() {
+            inner.memory_bytes -= item.size;
+            return Ok(Some(item));
+        }
+        let Some(spill) = inner.spill.as_mut() else {
+            return Ok(None);
+        };
+        if spill.messages == 0 {
+            inner.spill = None;
+            return Ok(None);
+        }
+        let mut line = Vec::new();
+        let io = |source| BacklogError {
+            path: spill.path.display().to_string(),
+            source,
+        };
+        spill.reader.read_until(b'\n', &mut line).map_err(io)?;
+        spill.read += line.len() as u64;
+        spill.messages -= 1;
+        let item: Captured = serde_json::from_slice(&line).map_err(|e| BacklogError {
+            path: spill.path.display().to_string(),
+            source: e.into(),
+        })?;
+        if spill.messages == 0 {
+            // Drained: back to memory.
+            let path = spill.path.clone();
+            inner.spill = None;
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(Some(Captured {
+            size: item_size(&item.fields),
+            ..item
+        }))
+    }
+
+    /// Up to `max` messages: waits for the first (until `idle` passes), then at most `delay`
+    /// for the batch to fill. Empty when idle or closed.
+    pub fn pop_batch(
+        &self,
+        max: usize,
+        delay: Duration,
+        idle: Duration,
+    ) -> Result<Vec<Captured>, BacklogError> {
+        let mut inner = self.lock();
+        let start = Instant::now();
+        while inner.memory.is_empty() && inner.spill.is_none() && !inner.closed {
+            let left = idle.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            inner = self
+                .ready
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let first = Instant::now();
+        let mut batch = Vec::with_capacity(max.min(4096));
+        loop {
+            while batch.len() < max {
+                match self.pop_one(&mut inner)? {
+                    Some(item) => batch.push(item),
+                    None => break,
+                }
+            }
+            let left = delay.saturating_sub(first.elapsed());
+            if batch.len() >= max || left.is_zero() || inner.closed {
+                return Ok(batch);
+            }
+            inner = self
+                .ready
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes a waiting `pop_batch` for shutdown.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+/// A cheap estimate of a decoded message's memory: its strings and numbers, plus overhead.
+pub fn item_size(fields: &Map<String, Value>) -> usize {
+    fn walk(v: &Value) -> usize {
+        match v {
+            Value::String(s) => 24 + s.len(),
+            Value::Number(_) => 32,
+            Value::Array(a) => 24 + a.iter().map(walk).sum::<usize>(),
+            Value::Object(m) => 64 + m.iter().map(|(k, v)| 24 + k.len() + walk(v)).sum::<usize>(),
+            _ => 8,
+        }
+    }
+    64 + fields.iter().map(|(k, v)| 24 + k.len() + walk(v)).sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u64) -> Captured {
+        let mut fields = Map::new();
+        fields.insert("n".into(), Value::Number(n.into()));
+        Captured {
+            topic: 0,
+            captured_at: format!("t{n}"),
+            size: item_size(&fields),
+            fields,
+        }
+    }
+
+    fn config(memory: u64, disk: u64, overflow: Overflow) -> QueueConfig {
+        QueueConfig {
+            memory_bytes: memory,
+            disk_bytes: disk,
+            overflow,
+        }
+    }
+
+    fn drain(b: &Backlog) -> Vec<u64> {
+        let mut out = Vec::new();
+        loop {
+            let batch = b.pop_batch(7, Duration::ZERO, Duration::ZERO).unwrap();
+            if batch.is_empty() {
+                return out;
+            }
+            out.extend(batch.iter().map(|c| c.fields["n"].as_u64().unwrap()));
+        }
+    }
+
+    #[test]
+    fn spills_to_disk_in_order_and_returns_to_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backlog::new(dir.path(), config(1000, 1 << 20, Overflow::Pause)).unwrap();
+        for n in 0..100 {
+            assert_eq!(b.push(item(n)).unwrap(), Pushed::Queued);
+        }
+        assert!(b.depth().disk_bytes > 0);
+        assert_eq!(b.depth().messages, 100);
+        assert_eq!(drain(&b), (0..100).collect::<Vec<_>>());
+        assert!(!dir.path().join("queue.jsonl").exists());
+        b.push(item(7)).unwrap();
+        assert_eq!(b.depth().disk_bytes, 0);
+        assert_eq!(drain(&b), vec![7]);
+    }
+
+    #[test]
+    fn overflow_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backlog::new(dir.path(), config(0, 200, Overflow::Pause)).unwrap();
+        let mut queued = 0;
+        while b.push(item(queued)).unwrap() == Pushed::Queued {
+            queued += 1;
+        }
+        assert!(queued > 0);
+        assert_eq!(drain(&b), (0..queued).collect::<Vec<_>>());
+
+        let b = Backlog::new(dir.path(), config(0, 200, Overflow::DropOldest)).unwrap();
+        let mut dropped = 0;
+        for n in 0..50 {
+            if let Pushed::QueuedDropping(d) = b.push(item(n)).unwrap() {
+                dropped += d;
+            }
+        }
+        let kept = drain(&b);
+        assert_eq!(kept.len() + dropped, 50);
+        assert_eq!(*kept.last().unwrap(), 49);
+        assert!(kept.windows(2).all(|w| w[0] + 1 == w[1]), "{kept:?}");
+    }
+}

@@ -1,0 +1,194 @@
+//! The receive path: one ROS 2 node (ros2-client over RustDDS), one subscription per topic
+//! of the map, each sample decoded by its runtime type and queued. Nothing here waits for
+//! keyd: the DDS reader cache is small, so the only wait is the `pause` overflow policy.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use ros2_client::{
+    qos::{Durability, History, Reliability, WhenFull},
+    Context, ContextOptions, MessageTypeName, Name, NodeName, NodeOptions, QosProfile,
+};
+
+use crate::backlog::{item_size, Backlog, Captured, Pushed};
+use crate::config::{AgentConfig, Overflow, Qos, QosProfile as MapQos, TopicConfig};
+use crate::metrics::{self, Metrics};
+use crate::msg::{Decoded, MessageSeed};
+
+/// The DDS side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("DDS: {0}")]
+    Dds(String),
+    #[error("topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+}
+
+/// The ROS 2 QoS a map entry asks for.
+pub fn ros_qos(qos: &Qos) -> QosProfile {
+    let depth = usize::from(qos.depth());
+    let base = QosProfile::subscription_default().durability(Durability::Volatile);
+    match qos.profile {
+        MapQos::Default => base
+            .reliability(Reliability::Reliable {
+                when_full: WhenFull::DEFAULT,
+            })
+            .history(History::KeepLast { depth }),
+        MapQos::SensorData => base
+            .reliability(Reliability::BestEffort)
+            .history(History::KeepLast { depth }),
+        MapQos::Reliable => base
+            .reliability(Reliability::Reliable {
+                when_full: WhenFull::DEFAULT,
+            })
+            .history(History::KeepAll),
+    }
+}
+
+/// `/robot/imu` → namespace `/robot`, base name `imu`.
+fn ros_name(topic: &str) -> Result<Name, String> {
+    let (namespace, base) = topic.rsplit_once('/').ok_or("not an absolute name")?;
+    let namespace = if namespace.is_empty() { "/" } else { namespace };
+    Name::new(namespace, base).map_err(|e| format!("{e:?}"))
+}
+
+/// `pkg/msg/Name` → the ROS 2 message type name.
+fn ros_type(type_name: &str) -> Result<MessageTypeName, String> {
+    let normalized = crate::msg::registry::normalize(type_name).ok_or("not pkg/msg/Name")?;
+    let (package, name) = normalized.split_once('/').ok_or("not pkg/msg/Name")?;
+    Ok(MessageTypeName::new(package, name))
+}
+
+/// Starts the node and one receive task per topic on the current tokio runtime. Returns the
+/// context, which must be kept alive as long as capture should run.
+pub fn start(
+    config: &AgentConfig,
+    backlog: Arc<Backlog>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> Result<Context, CaptureError> {
+    let context = Context::with_options(ContextOptions::new().domain_id(config.domain_id))
+        .map_err(|e| CaptureError::Dds(format!("{e:?}")))?;
+    let node_name = NodeName::new("/", &config.node_name)
+        .map_err(|e| CaptureError::Dds(format!("node name {:?}: {e:?}", config.node_name)))?;
+    let mut node = context
+        .new_node(node_name, NodeOptions::new().enable_rosout(false))
+        .map_err(|e| CaptureError::Dds(format!("{e:?}")))?;
+    for (index, topic) in config.topics.iter().enumerate() {
+        let fail = |reason: String| CaptureError::Topic {
+            topic: topic.topic.clone(),
+            reason,
+        };
+        let qos = ros_qos(&topic.qos);
+        let dds_topic = node
+            .create_topic(
+                &ros_name(&topic.topic).map_err(fail)?,
+                ros_type(&topic.type_name).map_err(fail)?,
+                &qos,
+            )
+            .map_err(|e| fail(format!("{e:?}")))?;
+        let subscription = node
+            .create_subscription::<Decoded>(&dds_topic, Some(qos))
+            .map_err(|e| fail(format!("{e:?}")))?;
+        let task = Receiver {
+            index,
+            topic: topic.clone(),
+            overflow: config.queue.overflow,
+            backlog: backlog.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
+        tokio::spawn(async move {
+            let stream = subscription.async_stream_seed(MessageSeed(task.topic.msg_type.clone()));
+            futures::pin_mut!(stream);
+            while let Some(sample) = stream.next().await {
+                if task.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                task.receive(sample.map(|(decoded, _info)| decoded)).await;
+            }
+        });
+        tracing::info!(topic = %topic.topic, r#type = %topic.type_name, qos = ?topic.qos.profile, depth = topic.qos.depth(), "subscribed");
+    }
+    let spinner = node
+        .spinner()
+        .map_err(|e| CaptureError::Dds(format!("{e:?}")))?;
+    tokio::spawn(async move {
+        // Keep the node (its readers) alive with the spinner, which answers ROS graph queries.
+        let _node = node;
+        if let Err(e) = spinner.spin().await {
+            tracing::warn!(error = ?e, "ROS 2 spinner stopped");
+        }
+    });
+    Ok(context)
+}
+
+struct Receiver {
+    index: usize,
+    topic: TopicConfig,
+    overflow: Overflow,
+    backlog: Arc<Backlog>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    async fn receive<E: std::fmt::Debug>(&self, sample: Result<Decoded, E>) {
+        let labels = metrics::topic(&self.topic.topic);
+        let fields = match sample {
+            Ok(Decoded(fields)) => fields,
+            Err(e) => {
+                let c = self.metrics.decode_errors.get_or_create(&labels);
+                c.inc();
+                if c.get().is_power_of_two() {
+                    tracing::warn!(topic = %self.topic.topic, r#type = %self.topic.type_name, error = ?e, count = c.get(), "a sample did not decode as the map's type");
+                }
+                return;
+            }
+        };
+        self.metrics.received.get_or_create(&labels).inc();
+        let mut item = Captured {
+            topic: self.index,
+            captured_at: stream::layout::utc_iso8601(SystemTime::now(), true),
+            size: item_size(&fields),
+            fields,
+        };
+        let mut paused = false;
+        loop {
+            match self.backlog.push(item) {
+                Ok(Pushed::Queued) => return,
+                Ok(Pushed::QueuedDropping(n)) => {
+                    self.metrics.dropped.get_or_create(&labels).inc_by(n as u64);
+                    return;
+                }
+                Ok(Pushed::Full(back)) if self.overflow == Overflow::DropOldest => {
+                    // Larger than the whole disk queue: it cannot be kept.
+                    drop(back);
+                    self.metrics.dropped.get_or_create(&labels).inc();
+                    return;
+                }
+                Ok(Pushed::Full(back)) => {
+                    if !paused {
+                        paused = true;
+                        self.metrics.paused.get_or_create(&labels).inc();
+                        tracing::warn!(topic = %self.topic.topic, "queue full: pausing this topic");
+                    }
+                    if self.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    item = *back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => {
+                    tracing::error!(topic = %self.topic.topic, error = %e, "cannot queue: stopping");
+                    self.metrics.pipeline_up.store(false, Ordering::Relaxed);
+                    self.stop.store(true, Ordering::Relaxed);
+                    self.backlog.close();
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! From queued messages to published chunks, on two threads:
+//!
+//! * the signer takes batches from the [`Backlog`], applies the field rules, numbers the
+//!   envelopes (one sequence for the machine's DID, across topics), and has keyd encrypt the
+//!   marked fields and sign every envelope in one call each;
+//! * the writer appends the signed packages to their topics' spools, makes them durable
+//!   (accepted), and closes chunks at their bounds through keyd.
+//!
+//! While keyd is down or refuses, both retry with exponential backoff; the queue in front of
+//! the signer takes the load meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::Number;
+use stream::package::DataPackage;
+use stream::sign::{sign_batch, MessageError, UnsignedMessage};
+use stream::signer::{ChunkHashSigner, ChunkKeySource, FieldEncryptor, PackageSigner, SignerError};
+
+use crate::backlog::Backlog;
+use crate::config::{AgentConfig, SpoolFsync};
+use crate::metrics::{self, Metrics};
+use crate::spool::{SpoolError, TopicSpool};
+
+/// Everything keyd does for the agent.
+pub trait Keyd: PackageSigner + FieldEncryptor + ChunkKeySource + ChunkHashSigner {
+    /// The lowest sequence number keyd will sign now.
+    fn next_sequence_number(&self) -> Result<u64, SignerError>;
+    /// `signingKeyId` of the packages.
+    fn signing_key_id(&self) -> String;
+}
+
+impl Keyd for keyd_proto::client::KeydClient {
+    fn next_sequence_number(&self) -> Result<u64, SignerError> {
+        keyd_proto::client::KeydClient::next_sequence_number(self)
+    }
+    fn signing_key_id(&self) -> String {
+        self.identity().identity_key_id.clone()
+    }
+}
+
+/// Exponential backoff between retries of a failed keyd call.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max_ms: u64) -> Self {
+        Backoff {
+            next: Duration::from_millis(50),
+            max: Duration::from_millis(max_ms),
+        }
+    }
+    /// Sleeps for the current delay (in short steps, returning early on `stop`), then doubles it.
+    pub fn wait(&mut self, stop: &AtomicBool) {
+        let until = Instant::now() + self.next;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
+        }
+        self.next = (self.next * 2).min(self.max);
+    }
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(50);
+    }
+}
+
+/// A signed batch on its way to the writer: (topic index, sequence number, package or why not).
+type SignedBatch = Vec<(usize, u64, Result<DataPackage, MessageError>)>;
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Backlog(#[from] crate::backlog::BacklogError),
+    #[error("a package could not be written: {0}")]
+    Package(String),
+}
+
+/// Runs the signer until the backlog is closed and drained (or `stop` while keyd is down).
+pub fn run_signer(
+    config: &AgentConfig,
+    backlog: &Backlog,
+    keyd: &dyn Keyd,
+    metrics: &Metrics,
+    out: Sender<SignedBatch>,
+    stop: &AtomicBool,
+) -> Result<(), PipelineError> {
+    let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
+    let signing_key_id = keyd.signing_key_id();
+    let mut next_sequence: Option<u64> = None;
+    let delay = Duration::from_millis(config.batch.max_delay_ms);
+    loop {
+        let batch = backlog.pop_batch(config.batch.max_messages, delay, Duration::from_millis(200))?;
+        let depth = backlog.depth();
+        metrics.queue_messages.set(depth.messages as i64);
+        metrics.queue_memory_bytes.set(depth.memory_bytes as i64);
+        metrics.queue_disk_bytes.set(depth.disk_bytes as i64);
+        if batch.is_empty() {
+            if backlog.is_closed() {
+                return Ok(());
+            }
+            continue;
+        }
+        let topics: Vec<usize> = batch.iter().map(|c| c.topic).collect();
+        let mut messages: Vec<UnsignedMessage> = batch
+            .into_iter()
+            .map(|c| {
+                let topic = &config.topics[c.topic];
+                UnsignedMessage {
+                    topic: topic.topic.clone(),
+                    fields: c.fields,
+                    captured_at: c.captured_at,
+                    sequence_number: Number::from(0u64),
+                    schema_version: topic.schema_version.clone(),
+                }
+            })
+            .collect();
+        let rules_of = |name: &str| {
+            config
+                .topics
+                .iter()
+                .find(|t| t.topic == name)
+                .map(|t| &t.rules)
+        };
+        let signed = loop {
+            let first = match next_sequence {
+                Some(n) => Ok(n),
+                None => {
+                    let started = Instant::now();
+                    let r = keyd.next_sequence_number();
+                    metrics.observe_keyd("identity", started.elapsed(), r.is_ok());
+                    r
+                }
+            };
+            let result = first.and_then(|first| {
+                for (i, m) in messages.iter_mut().enumerate() {
+                    m.sequence_number = Number::from(first + i as u64);
+                }
+                let started = Instant::now();
+                let r = sign_batch(&messages, rules_of, keyd, keyd, &signing_key_id);
+                metrics.observe_keyd("sign", started.elapsed(), r.is_ok());
+                r.map(|packages| (first, packages))
+            });
+            match result {
+                Ok((first, packages)) => {
+                    next_sequence = Some(first + messages.len() as u64);
+                    backoff.reset();
+                    break Some((first, packages));
+                }
+                Err(e) => {
+                    // keyd may have signed before failing: ask again where to continue.
+                    next_sequence = None;
+                    tracing::warn!(error = %e, messages = messages.len(), "keyd could not sign; retrying");
+                    if stop.load(Ordering::Relaxed) {
+                        break None;
+                    }
+                    backoff.wait(stop);
+                }
+            }
+        };
+        let Some((first, packages)) = signed else {
+            tracing::warn!(lost = messages.len(), "stopping while keyd is unreachable: queued messages were not signed");
+            return Ok(());
+        };
+        metrics.signed.inc_by(packages.iter().filter(|p| p.is_ok()).count() as u64);
+        let batch: SignedBatch = topics
+            .into_iter()
+            .zip(packages)
+            .enumerate()
+            .map(|(i, (topic, p))| (topic, first + i as u64, p))
+            .collect();
+        if out.send(batch).is_err() {
+            return Ok(()); // the writer stopped; its error is reported there
+        }
+    }
+}
+
+/// Runs the writer until the signer hangs up; then closes every open chunk (if keyd answers).
+pub fn run_writer(
+    config: &AgentConfig,
+    spools: &mut [TopicSpool],
+    keyd: &dyn Keyd,
+    metrics: &Metrics,
+    input: Receiver<SignedBatch>,
+    stop: &AtomicBool,
+) -> Result<(), PipelineError> {
+    let fsync = config.spool_fsync == SpoolFsync::Batch;
+    let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
+    for (topic, spool) in config.topics.iter().zip(spools.iter()) {
+        metrics
+            .spool_packages
+            .get_or_create(&metrics::topic(&topic.topic))
+            .set(spool.open_packages() as i64);
+    }
+    let mut commit = |index: usize, spool: &mut TopicSpool, give_up: bool| -> Result<bool, PipelineError> {
+        let topic = &config.topics[index].topic;
+        loop {
+            let started = Instant::now();
+            match spool.commit(keyd, keyd, fsync) {
+                Ok(done) => {
+                    metrics.observe_keyd("chunk", started.elapsed(), true);
+                    backoff.reset();
+                    if let Some(c) = done {
+                        let labels = metrics::topic(topic);
+                        metrics.chunks.get_or_create(&labels).inc();
+                        metrics.chunk_bytes.get_or_create(&labels).inc_by(c.plaintext_bytes as u64);
+                        metrics.spool_packages.get_or_create(&labels).set(0);
+                        tracing::info!(topic = %topic, index = c.index, packages = c.packages, bytes = c.plaintext_bytes, "chunk published");
+                    }
+                    return Ok(true);
+                }
+                Err(e @ (SpoolError::Keyd(_) | SpoolError::Build(stream::chain::BuildError::Signer { .. }))) => {
+                    metrics.observe_keyd("chunk", started.elapsed(), false);
+                    tracing::warn!(topic = %topic, error = %e, "keyd could not close the chunk; retrying");
+                    if give_up || stop.load(Ordering::Relaxed) {
+                        return Ok(false);
+                    }
+                    backoff.wait(stop);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    loop {
+        let batch = match input.recv_timeout(Duration::from_millis(50)) {
+            Ok(batch) => Some(batch),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(batch) = batch {
+            // Per topic: (first, last, count) of what this batch accepted.
+            let mut accepted: Vec<Option<(u64, u64, u64)>> = vec![None; spools.len()];
+            for (index, sequence, package) in batch {
+                let topic = &config.topics[index];
+                let package = match package {
+                    Ok(p) => p,
+                    Err(e) => {
+                        metrics.rejected.get_or_create(&metrics::topic(&topic.topic)).inc();
+                        tracing::warn!(topic = %topic.topic, sequence, error = %e, "message rejected by the field rules");
+                        continue;
+                    }
+                };
+                let mut line = package
+                    .to_json_line()
+                    .map_err(|e| PipelineError::Package(e.to_string()))?;
+                line.push('\n');
+                let spool = &mut spools[index];
+                if spool.full_before(&topic.chunk, line.len()) {
+                    commit(index, spool, false)?;
+                }
+                spool.append(line.as_bytes())?;
+                let a = accepted[index].get_or_insert((sequence, sequence, 0));
+                a.1 = sequence;
+                a.2 += 1;
+            }
+            for (index, a) in accepted.into_iter().enumerate() {
+                let Some((first, last, count)) = a else { continue };
+                if fsync {
+                    spools[index].sync()?;
+                }
+                let topic = &config.topics[index].topic;
+                let labels = metrics::topic(topic);
+                metrics.spooled.get_or_create(&labels).inc_by(count);
+                metrics
+                    .spool_packages
+                    .get_or_create(&labels)
+                    .set(spools[index].open_packages() as i64);
+                tracing::debug!(topic = %topic, first_sequence = first, last_sequence = last, count, "spooled");
+            }
+        }
+        let now = Instant::now();
+        for index in 0..spools.len() {
+            if spools[index].expired(&config.topics[index].chunk, now) {
+                commit(index, &mut spools[index], false)?;
+            }
+        }
+    }
+    // Clean stop: publish what is open, unless keyd is gone (then it stays in the spool).
+    for (index, spool) in spools.iter_mut().enumerate() {
+        spool.sync()?;
+        if !commit(index, spool, true)? {
+            tracing::warn!(topic = %config.topics[index].topic, packages = spool.open_packages(), "keyd unreachable at stop: the open chunk stays in the spool for the next start");
+        }
+    }
+    Ok(())
+}

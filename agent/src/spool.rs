@@ -1,0 +1,441 @@
+//! One topic's spool and published chain.
+//!
+//! The spool directory holds the open chunk, `open-N.jsonl` (signed packages, one per line,
+//! exactly the future plaintext of `chunk-N`), and `state.json`, the last committed point:
+//! the next chunk index, the previous chunk id and the saved `sourceHash` state.
+//!
+//! Closing chunk N: seal it (chunk key from keyd, XChaCha20-Poly1305, hash signed by keyd),
+//! write `chunk-N.bin` and `chunk-N.json` (synced), then `state.json` (synced: this is the
+//! commit point), then `manifest.json`, then start `open-(N+1).jsonl` and remove
+//! `open-N.jsonl`. After a crash at any point, [`TopicSpool::open`] rolls back to the
+//! committed state: chunk files above it are removed (they are rebuilt from the spool),
+//! spool files below it are removed (they are published), a torn last line is cut off.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use stream::chain::{seal_chunk, BuildError, ChainLinker};
+use stream::layout::{self, Durability, Manifest};
+use stream::signer::{ChunkHashSigner, ChunkKeySource, SignerError};
+
+use crate::config::ChunkBounds;
+use crate::source_hash::{SavedSourceHash, SourceHash};
+
+/// A spool or output directory that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Inconsistent { path: String, reason: String },
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    #[error("keyd: {0}")]
+    Keyd(#[from] SignerError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    next_index: u64,
+    previous_chunk_id: Option<String>,
+    source: SavedSourceHash,
+    machine_did: String,
+}
+
+/// What closing a chunk produced.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub index: u64,
+    pub plaintext_bytes: usize,
+    pub packages: usize,
+}
+
+/// The spool and chain of one topic.
+pub struct TopicSpool {
+    spool: PathBuf,
+    output: PathBuf,
+    did: String,
+    chunk_size: u64,
+    linker: ChainLinker,
+    source: SourceHash,
+    /// The open chunk: its file and a copy of its bytes.
+    file: File,
+    open: Vec<u8>,
+    open_packages: usize,
+    opened_at: Option<Instant>,
+    /// Bytes appended since the last sync.
+    unsynced: bool,
+}
+
+impl std::fmt::Debug for TopicSpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicSpool")
+            .field("spool", &self.spool)
+            .field("output", &self.output)
+            .field("next_index", &self.linker.next_index())
+            .field("open_packages", &self.open_packages)
+            .finish_non_exhaustive()
+    }
+}
+
+fn make_dir(dir: &Path) -> Result<(), SpoolError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(io(dir))
+}
+
+fn open_name(index: u64) -> String {
+    format!("open-{index}.jsonl")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// `NAME-<index>.EXT` → index.
+fn index_of(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+}
+
+impl TopicSpool {
+    /// Opens (and recovers) a topic's spool and output directory for the machine `did`.
+    pub fn open(spool: &Path, output: &Path, did: &str, chunk_size: u64) -> Result<Self, SpoolError> {
+        make_dir(spool)?;
+        make_dir(output)?;
+        let state_path = spool.join("state.json");
+        let inconsistent = |path: &Path, reason: String| SpoolError::Inconsistent {
+            path: path.display().to_string(),
+            reason,
+        };
+        let state = match fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice::<State>(&bytes)
+                .map_err(|e| inconsistent(&state_path, format!("unreadable state: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if layout::read_manifest(output)?.is_some_and(|m| m.total_chunks > 0) {
+                    return Err(inconsistent(
+                        output,
+                        format!(
+                            "holds a published chain but the spool {} has no state: refusing to start a second chain in the same directory",
+                            spool.display()
+                        ),
+                    ));
+                }
+                State {
+                    next_index: 0,
+                    previous_chunk_id: None,
+                    source: SourceHash::default().save(),
+                    machine_did: did.to_string(),
+                }
+            }
+            Err(e) => return Err(io(&state_path)(e)),
+        };
+        if state.machine_did != did {
+            return Err(inconsistent(
+                &state_path,
+                format!("belongs to {}, but keyd is {did}", state.machine_did),
+            ));
+        }
+        let source = SourceHash::restore(&state.source)
+            .ok_or_else(|| inconsistent(&state_path, "invalid sourceHash state".into()))?;
+        let committed = state.next_index;
+
+        // Roll the output back to the committed point.
+        for entry in fs::read_dir(output).map_err(io(output))? {
+            let entry = entry.map_err(io(output))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = index_of(&name, "chunk-", ".bin")
+                .or_else(|| index_of(&name, "chunk-", ".json"))
+                .is_some_and(|i| i >= committed)
+                || (name.starts_with('.') && name.contains(".tmp-"));
+            if stale {
+                fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+            }
+        }
+        if committed > 0 {
+            let last = output.join(format!("chunk-{}.json", committed - 1));
+            let text = fs::read(&last).map_err(io(&last))?;
+            let envelope = stream::chain::ChunkEnvelope::from_json(&text)
+                .map_err(|e| inconsistent(&last, e.to_string()))?;
+            if Some(&envelope.chunk_id) != state.previous_chunk_id.as_ref() {
+                return Err(inconsistent(
+                    &last,
+                    "is not the chunk the spool's state names: the output directory was changed behind the agent".into(),
+                ));
+            }
+            let manifest = Manifest::new(source.digest(), committed, chunk_size, did.to_string());
+            layout::write_manifest(output, &manifest, Durability::Synced)?;
+        }
+
+        // The spool: drop what is published, keep the open chunk, cut a torn line.
+        let mut open_bytes = Vec::new();
+        for entry in fs::read_dir(spool).map_err(io(spool))? {
+            let entry = entry.map_err(io(spool))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match index_of(&name, "open-", ".jsonl") {
+                Some(i) if i < committed => fs::remove_file(entry.path()).map_err(io(&entry.path()))?,
+                Some(i) if i == committed => {
+                    open_bytes = fs::read(entry.path()).map_err(io(&entry.path()))?;
+                }
+                Some(i) => {
+                    return Err(inconsistent(
+                        &entry.path(),
+                        format!("is ahead of the committed chunk {committed} (index {i})"),
+                    ))
+                }
+                None => {}
+            }
+        }
+        let complete = open_bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        open_bytes.truncate(complete);
+        let open_path = spool.join(open_name(committed));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&open_path)
+            .map_err(io(&open_path))?;
+        file.write_all(&open_bytes).map_err(io(&open_path))?;
+        file.sync_all().map_err(io(&open_path))?;
+        sync_dir(spool)?;
+        let open_packages = open_bytes.iter().filter(|b| **b == b'\n').count();
+        Ok(TopicSpool {
+            spool: spool.to_path_buf(),
+            output: output.to_path_buf(),
+            did: did.to_string(),
+            chunk_size,
+            linker: ChainLinker::resume(state.previous_chunk_id, committed),
+            source,
+            file,
+            opened_at: (open_packages > 0).then(Instant::now),
+            open: open_bytes,
+            open_packages,
+            unsynced: false,
+        })
+    }
+
+    /// Packages in the open chunk.
+    pub fn open_packages(&self) -> usize {
+        self.open_packages
+    }
+    pub fn open_bytes(&self) -> usize {
+        self.open.len()
+    }
+    /// The index the open chunk will have.
+    pub fn next_index(&self) -> u64 {
+        self.linker.next_index()
+    }
+    pub fn output(&self) -> &Path {
+        &self.output
+    }
+
+    /// Whether the open chunk must close before `incoming` more bytes are added.
+    pub fn full_before(&self, bounds: &ChunkBounds, incoming: usize) -> bool {
+        self.open_packages > 0
+            && (self.open.len() + incoming > bounds.max_bytes as usize
+                || bounds
+                    .max_messages
+                    .is_some_and(|m| self.open_packages as u64 >= m))
+    }
+
+    /// Whether the open chunk has reached its age bound.
+    pub fn expired(&self, bounds: &ChunkBounds, now: Instant) -> bool {
+        match (bounds.max_age_ms, self.opened_at) {
+            (Some(ms), Some(at)) => now.duration_since(at).as_millis() as u64 >= ms,
+            _ => false,
+        }
+    }
+
+    /// Appends one package line (with its `\n`) to the open chunk (not yet synced).
+    pub fn append(&mut self, line: &[u8]) -> Result<(), SpoolError> {
+        let path = self.spool.join(open_name(self.linker.next_index()));
+        self.file.write_all(line).map_err(io(&path))?;
+        self.open.extend_from_slice(line);
+        self.open_packages += 1;
+        self.opened_at.get_or_insert_with(Instant::now);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Makes every appended package durable.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if self.unsynced {
+            let path = self.spool.join(open_name(self.linker.next_index()));
+            self.file.sync_data().map_err(io(&path))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Closes the open chunk: seals it through keyd, publishes it, and starts the next one.
+    /// On error nothing is committed and the call can be repeated.
+    pub fn commit(
+        &mut self,
+        keys: &dyn ChunkKeySource,
+        signer: &dyn ChunkHashSigner,
+        fsync: bool,
+    ) -> Result<Option<Committed>, SpoolError> {
+        if self.open_packages == 0 {
+            return Ok(None);
+        }
+        if fsync {
+            self.sync()?;
+        }
+        let index = self.linker.next_index();
+        let key = keys
+            .new_chunk_keys(1)?
+            .pop()
+            .ok_or_else(|| SignerError::Unavailable("keyd returned no chunk key".into()))?;
+        let sealed = seal_chunk(self.open.clone(), key, signer, index)?;
+        let mut linker = self.linker.clone();
+        let (envelope, ciphertext) = linker.link(sealed);
+        layout::write_chunk(&self.output, &envelope, &ciphertext, Durability::Synced)?;
+
+        let mut source = self.source.clone();
+        source.update(&self.open);
+        let state = State {
+            next_index: index + 1,
+            previous_chunk_id: Some(envelope.chunk_id.clone()),
+            source: source.save(),
+            machine_did: self.did.clone(),
+        };
+        let state_text = serde_json::to_vec(&state).map_err(|e| SpoolError::Inconsistent {
+            path: self.spool.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        layout::write_atomic(&self.spool, "state.json", &state_text, Durability::Synced)?;
+        // Committed. The rest is redone by recovery if interrupted.
+        self.linker = linker;
+        self.source = source;
+        let manifest = Manifest::new(self.source.digest(), index + 1, self.chunk_size, self.did.clone());
+        layout::write_manifest(&self.output, &manifest, Durability::Atomic)?;
+
+        let next_path = self.spool.join(open_name(index + 1));
+        self.file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&next_path)
+            .map_err(io(&next_path))?;
+        let done = self.spool.join(open_name(index));
+        fs::remove_file(&done).map_err(io(&done))?;
+        if fsync {
+            sync_dir(&self.spool)?;
+        }
+        let committed = Committed {
+            index,
+            plaintext_bytes: self.open.len(),
+            packages: self.open_packages,
+        };
+        self.open.clear();
+        self.open_packages = 0;
+        self.opened_at = None;
+        self.unsynced = false;
+        Ok(Some(committed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stream::chain::{verify_chain, VerifyOptions};
+    use stream::keys::{BoxKey, ChainKey, IdentityKey, Secret32};
+    use stream::local::{LocalChunkKeys, LocalChunkSigner, RecipientSpec};
+
+    struct Keys {
+        source: LocalChunkKeys,
+        signer: LocalChunkSigner,
+        did: String,
+        machine: BoxKey,
+    }
+
+    fn keys() -> Keys {
+        let identity = IdentityKey::from_secret(&Secret32::random().unwrap()).unwrap();
+        let chain = ChainKey::from_secret(&Secret32::random().unwrap());
+        let machine = BoxKey::from_secret(&Secret32::random().unwrap());
+        let did = identity.did();
+        let recipient = RecipientSpec::new("m", "machine", &machine.public_key_hex()).unwrap();
+        Keys {
+            source: LocalChunkKeys::new(vec![recipient]),
+            signer: LocalChunkSigner::new(chain, did.clone(), "chain-1".into()),
+            did,
+            machine,
+        }
+    }
+
+    #[test]
+    fn recovery_after_a_crash_between_chunk_files_and_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool_dir, out) = (dir.path().join("spool"), dir.path().join("out"));
+        let k = keys();
+        let bounds = ChunkBounds { max_bytes: 20, max_messages: None, max_age_ms: None };
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        spool.append(b"{\"a\":1}\n").unwrap();
+        assert!(!spool.full_before(&bounds, 8));
+        spool.append(b"{\"a\":2}\n").unwrap();
+        assert!(spool.full_before(&bounds, 8));
+        spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
+        spool.append(b"{\"a\":3}\n").unwrap();
+        spool.append(b"{\"a\":4").unwrap(); // torn: never synced
+        drop(spool);
+
+        // A half-done commit of chunk 1: its files exist, the state was not written.
+        std::fs::write(out.join("chunk-1.bin"), b"junk").unwrap();
+        std::fs::write(out.join(".chunk-1.json.tmp-9"), b"junk").unwrap();
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        assert!(!out.join("chunk-1.bin").exists());
+        assert!(!out.join(".chunk-1.json.tmp-9").exists());
+        assert_eq!(spool.next_index(), 1);
+        assert_eq!(spool.open_packages(), 1);
+        spool.append(b"{\"a\":5}\n").unwrap();
+        spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
+
+        let chunks = stream::layout::read_chunks(&out).unwrap();
+        assert_eq!(chunks.len(), 2);
+        let manifest = stream::layout::read_manifest(&out).unwrap().unwrap();
+        assert_eq!(manifest.total_chunks, 2);
+        // sourceHash is the hash of both plaintexts.
+        let all = b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":5}\n";
+        assert_eq!(manifest.source_hash, stream::hexenc::sha256_0x(all));
+        let options = VerifyOptions {
+            recipient: Some(&k.machine),
+            expect_source_hash: Some(&manifest.source_hash),
+            ..VerifyOptions::default()
+        };
+        let mut plain = Vec::new();
+        let report = verify_chain(
+            &chunks,
+            |i| stream::layout::read_ciphertext(&out, i).map_err(|e| e.to_string()),
+            &options,
+            |_, p| plain.extend_from_slice(p),
+        );
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(plain, all);
+
+        // Another machine's keyd must not continue this chain.
+        let other = keys();
+        let e = TopicSpool::open(&spool_dir, &out, &other.did, 20).unwrap_err();
+        assert!(e.to_string().contains("belongs to"), "{e}");
+    }
+}
