@@ -23,7 +23,12 @@ fn main() {
     entries.sort();
     let mut code = String::from("/// `(package/Name, .msg text)` of every shipped definition.\npub static SHIPPED: &[(&str, &str)] = &[\n");
     for (name, path) in entries {
-        writeln!(code, "    ({name:?}, include_str!({:?})),", path.display().to_string()).unwrap();
+        writeln!(
+            code,
+            "    ({name:?}, include_str!({:?})),",
+            path.display().to_string()
+        )
+        .unwrap();
     }
     code.push_str("];\n");
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("shipped_interfaces.rs");

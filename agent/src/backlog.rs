@@ -144,7 +144,7 @@ impl Backlog {
         let mut dropped = 0;
         loop {
             let disk = inner.spill.as_ref().map_or(0, |s| s.written - s.read);
-            if disk + line.len() as u64 + 1 <= self.config.disk_bytes {
+            if disk + (line.len() as u64) < self.config.disk_bytes {
                 break;
             }
             match self.config.overflow {
@@ -309,7 +309,10 @@ pub fn item_size(fields: &Map<String, Value>) -> usize {
             _ => 8,
         }
     }
-    64 + fields.iter().map(|(k, v)| 24 + k.len() + walk(v)).sum::<usize>()
+    64 + fields
+        .iter()
+        .map(|(k, v)| 24 + k.len() + walk(v))
+        .sum::<usize>()
 }
 
 #[cfg(test)]

@@ -284,7 +284,13 @@ pub fn topic_slug(topic: &str) -> String {
     let slug: String = topic
         .trim_matches('/')
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if slug.is_empty() {
         "root".into()
@@ -356,13 +362,19 @@ impl AgentConfig {
             Some(m) => {
                 let line = line_of(text, "listen", &m.listen);
                 let addr: SocketAddr = m.listen.parse().map_err(|_| {
-                    invalid(line, "metrics.listen", format!("{:?} is not an address:port", m.listen))
+                    invalid(
+                        line,
+                        "metrics.listen",
+                        format!("{:?} is not an address:port", m.listen),
+                    )
                 })?;
                 if !addr.ip().is_loopback() {
                     return Err(invalid(
                         line,
                         "metrics.listen",
-                        format!("{addr} is not a loopback address: metrics are served on loopback only"),
+                        format!(
+                            "{addr} is not a loopback address: metrics are served on loopback only"
+                        ),
                     ));
                 }
                 Some(addr)
@@ -376,7 +388,11 @@ impl AgentConfig {
             ));
         }
         if doc.topics.is_empty() {
-            return Err(invalid(line_of(text, "topics", ""), "topics", "names no topic".into()));
+            return Err(invalid(
+                line_of(text, "topics", ""),
+                "topics",
+                "names no topic".into(),
+            ));
         }
 
         let spool_dir = absolute(&doc.spool_dir);
@@ -388,15 +404,26 @@ impl AgentConfig {
                 return Err(invalid(
                     topic_line,
                     &key("topic"),
-                    format!("{:?} is not an absolute ROS 2 topic name like /imu", t.topic),
+                    format!(
+                        "{:?} is not an absolute ROS 2 topic name like /imu",
+                        t.topic
+                    ),
                 ));
             }
             if topics.iter().any(|o| o.topic == t.topic) {
-                return Err(invalid(topic_line, &key("topic"), format!("{:?} appears twice", t.topic)));
+                return Err(invalid(
+                    topic_line,
+                    &key("topic"),
+                    format!("{:?} appears twice", t.topic),
+                ));
             }
-            let msg_type = registry
-                .resolve(&t.type_name)
-                .map_err(|e| invalid(line_of(text, "type", &t.type_name), &key("type"), e.to_string()))?;
+            let msg_type = registry.resolve(&t.type_name).map_err(|e| {
+                invalid(
+                    line_of(text, "type", &t.type_name),
+                    &key("type"),
+                    e.to_string(),
+                )
+            })?;
             if t.schema_version.trim().is_empty() {
                 return Err(invalid(
                     line_of(text, "schema_version", ""),
@@ -404,7 +431,9 @@ impl AgentConfig {
                     "must not be empty".into(),
                 ));
             }
-            if t.chunk.max_bytes == 0 || t.chunk.max_messages == Some(0) || t.chunk.max_age_ms == Some(0)
+            if t.chunk.max_bytes == 0
+                || t.chunk.max_messages == Some(0)
+                || t.chunk.max_age_ms == Some(0)
             {
                 return Err(invalid(
                     line_of(text, "chunk", ""),
@@ -413,14 +442,21 @@ impl AgentConfig {
                 ));
             }
             if t.qos.depth == Some(0) {
-                return Err(invalid(line_of(text, "depth", ""), &key("qos.depth"), "must be at least 1".into()));
+                return Err(invalid(
+                    line_of(text, "depth", ""),
+                    &key("qos.depth"),
+                    "must be at least 1".into(),
+                ));
             }
             let slug = topic_slug(&t.topic);
             if topics.iter().any(|o| topic_slug(&o.topic) == slug) {
                 return Err(invalid(
                     topic_line,
                     &key("topic"),
-                    format!("{:?} maps to the same directory name {slug:?} as another topic", t.topic),
+                    format!(
+                        "{:?} maps to the same directory name {slug:?} as another topic",
+                        t.topic
+                    ),
                 ));
             }
             let output = match (&t.output, &doc.output_dir) {
@@ -440,7 +476,10 @@ impl AgentConfig {
                 msg_type,
                 qos: t.qos,
                 schema_version: t.schema_version,
-                rules: t.field_rules.map(FieldRulesDoc::into_rules).unwrap_or_default(),
+                rules: t
+                    .field_rules
+                    .map(FieldRulesDoc::into_rules)
+                    .unwrap_or_default(),
                 chunk: t.chunk,
                 output,
                 spool: spool_dir.join(&slug),
@@ -515,18 +554,30 @@ topics:
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = error(&GOOD.replace("schema_version: \"1\"", "schema_version: \"1\"\n    qos_depth: 3"));
+        let e = error(&GOOD.replace(
+            "schema_version: \"1\"",
+            "schema_version: \"1\"\n    qos_depth: 3",
+        ));
         assert!(e.starts_with("/etc/edge-agent/map.yaml:14:"), "{e}");
         assert!(e.contains("unknown field `qos_depth`"), "{e}");
 
         let e = error(&GOOD.replace("sensor_msgs/msg/Imu", "sensor_msgs/msg/Imuu"));
-        assert!(e.starts_with("/etc/edge-agent/map.yaml:11: topics[0].type:"), "{e}");
+        assert!(
+            e.starts_with("/etc/edge-agent/map.yaml:11: topics[0].type:"),
+            "{e}"
+        );
 
         let e = error(&GOOD.replace("sensor_data", "sensors"));
-        assert!(e.contains(":12:") && e.contains("unknown variant `sensors`"), "{e}");
+        assert!(
+            e.contains(":12:") && e.contains("unknown variant `sensors`"),
+            "{e}"
+        );
 
         let e = error(&GOOD.replace("127.0.0.1", "0.0.0.0"));
-        assert!(e.contains(":6: metrics.listen:") && e.contains("loopback"), "{e}");
+        assert!(
+            e.contains(":6: metrics.listen:") && e.contains("loopback"),
+            "{e}"
+        );
 
         let e = error(&GOOD.replace("action: encrypt", "action: encrpyt"));
         assert!(e.contains(":20:") && e.contains("unknown action"), "{e}");

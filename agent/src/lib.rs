@@ -1,11 +1,11 @@
 //! The ROS 2 edge agent: captures topics, applies field rules, signs every message through
 //! keyd, and writes signed, encrypted, chained chunks.
 
-pub mod msg;
+pub mod backlog;
+pub mod capture;
 pub mod config;
+pub mod metrics;
+pub mod msg;
+pub mod pipeline;
 pub mod source_hash;
 pub mod spool;
-pub mod backlog;
-pub mod metrics;
-pub mod pipeline;
-pub mod capture;

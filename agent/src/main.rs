@@ -16,7 +16,11 @@ use edge_agent::{capture, metrics};
 use keyd_proto::client::KeydClient;
 
 #[derive(Parser)]
-#[command(name = "edge-agent", version, about = "ROS 2 topics to signed, encrypted, chained chunks, through keyd")]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "ROS 2 topics to signed, encrypted, chained chunks, through keyd"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
@@ -39,16 +43,17 @@ enum Command {
         map: PathBuf,
     },
     /// Validate a map (keys, types, message definitions, paths) without starting.
-    Check {
-        map: PathBuf,
-    },
+    Check { map: PathBuf },
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustdds=error,ros2_client=warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("EDGE_AGENT_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rustdds=error,ros2_client=warn")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -74,8 +79,12 @@ fn main() -> ExitCode {
                         t.qos.depth(),
                         t.output.display(),
                         c.max_bytes,
-                        c.max_messages.map(|m| format!(", {m} messages")).unwrap_or_default(),
-                        c.max_age_ms.map(|m| format!(", {m} ms")).unwrap_or_default(),
+                        c.max_messages
+                            .map(|m| format!(", {m} messages"))
+                            .unwrap_or_default(),
+                        c.max_age_ms
+                            .map(|m| format!(", {m} ms"))
+                            .unwrap_or_default(),
                     );
                 }
                 ExitCode::SUCCESS
@@ -157,9 +166,8 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
         .topics
         .iter()
         .map(|t| {
-            TopicSpool::open(&t.spool, &t.output, &did, t.chunk.max_bytes).map(|s| {
+            TopicSpool::open(&t.spool, &t.output, &did, t.chunk.max_bytes).inspect(|s| {
                 tracing::info!(topic = %t.topic, next_chunk = s.next_index(), open_packages = s.open_packages(), output = %t.output.display(), "spool recovered");
-                s
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -206,4 +214,3 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!("stopped");
     Ok(())
 }
-

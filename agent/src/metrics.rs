@@ -62,29 +62,78 @@ impl Metrics {
         }
         let metrics = Metrics {
             received: metric!("received", "Messages received from DDS", Family::default()),
-            decode_errors: metric!("decode_errors", "Samples that did not decode as the map's type", Family::default()),
+            decode_errors: metric!(
+                "decode_errors",
+                "Samples that did not decode as the map's type",
+                Family::default()
+            ),
             signed: metric!("signed", "Packages signed by keyd", Counter::default()),
-            rejected: metric!("rejected", "Messages the field rules could not process", Family::default()),
-            spooled: metric!("spooled", "Signed packages made durable in the spool (accepted)", Family::default()),
+            rejected: metric!(
+                "rejected",
+                "Messages the field rules could not process",
+                Family::default()
+            ),
+            spooled: metric!(
+                "spooled",
+                "Signed packages made durable in the spool (accepted)",
+                Family::default()
+            ),
             chunks: metric!("chunks", "Chunks published", Family::default()),
-            chunk_bytes: metric!("chunk_plaintext_bytes", "Plaintext bytes published in chunks", Family::default()),
-            dropped: metric!("dropped", "Messages dropped by the drop_oldest overflow policy", Family::default()),
-            paused: metric!("paused", "Times a topic stopped reading from DDS because the queue was full", Family::default()),
-            keyd_errors: metric!("keyd_errors", "Failed keyd calls (retried with backoff)", Family::default()),
+            chunk_bytes: metric!(
+                "chunk_plaintext_bytes",
+                "Plaintext bytes published in chunks",
+                Family::default()
+            ),
+            dropped: metric!(
+                "dropped",
+                "Messages dropped by the drop_oldest overflow policy",
+                Family::default()
+            ),
+            paused: metric!(
+                "paused",
+                "Times a topic stopped reading from DDS because the queue was full",
+                Family::default()
+            ),
+            keyd_errors: metric!(
+                "keyd_errors",
+                "Failed keyd calls (retried with backoff)",
+                Family::default()
+            ),
             keyd_latency: metric!(
                 "keyd_latency_seconds",
                 "keyd call latency",
-                Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram)
+                Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    latency_histogram
+                )
             ),
-            queue_messages: metric!("queue_messages", "Messages waiting to be signed", Gauge::default()),
-            queue_memory_bytes: metric!("queue_memory_bytes", "Bytes of the queue held in memory", Gauge::default()),
-            queue_disk_bytes: metric!("queue_disk_bytes", "Bytes of the queue on disk", Gauge::default()),
-            spool_packages: metric!("spool_packages", "Packages in the open chunk", Family::default()),
+            queue_messages: metric!(
+                "queue_messages",
+                "Messages waiting to be signed",
+                Gauge::default()
+            ),
+            queue_memory_bytes: metric!(
+                "queue_memory_bytes",
+                "Bytes of the queue held in memory",
+                Gauge::default()
+            ),
+            queue_disk_bytes: metric!(
+                "queue_disk_bytes",
+                "Bytes of the queue on disk",
+                Gauge::default()
+            ),
+            spool_packages: metric!(
+                "spool_packages",
+                "Packages in the open chunk",
+                Family::default()
+            ),
             keyd_up: AtomicBool::new(false),
             pipeline_up: AtomicBool::new(true),
             registry: Registry::default(),
         };
-        Metrics { registry, ..metrics }
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     /// The text exposition.
@@ -124,7 +173,10 @@ impl Default for Metrics {
 }
 
 /// Serves `/metrics` and `/health` on `listener` until the runtime stops.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
     let m1 = metrics.clone();
@@ -136,7 +188,10 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> 
                 let m = m1.clone();
                 async move {
                     (
-                        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         m.render(),
                     )
                 }

@@ -95,7 +95,8 @@ pub fn run_signer(
     let mut next_sequence: Option<u64> = None;
     let delay = Duration::from_millis(config.batch.max_delay_ms);
     loop {
-        let batch = backlog.pop_batch(config.batch.max_messages, delay, Duration::from_millis(200))?;
+        let batch =
+            backlog.pop_batch(config.batch.max_messages, delay, Duration::from_millis(200))?;
         let depth = backlog.depth();
         metrics.queue_messages.set(depth.messages as i64);
         metrics.queue_memory_bytes.set(depth.memory_bytes as i64);
@@ -164,10 +165,15 @@ pub fn run_signer(
             }
         };
         let Some((first, packages)) = signed else {
-            tracing::warn!(lost = messages.len(), "stopping while keyd is unreachable: queued messages were not signed");
+            tracing::warn!(
+                lost = messages.len(),
+                "stopping while keyd is unreachable: queued messages were not signed"
+            );
             return Ok(());
         };
-        metrics.signed.inc_by(packages.iter().filter(|p| p.is_ok()).count() as u64);
+        metrics
+            .signed
+            .inc_by(packages.iter().filter(|p| p.is_ok()).count() as u64);
         let batch: SignedBatch = topics
             .into_iter()
             .zip(packages)
@@ -197,7 +203,10 @@ pub fn run_writer(
             .get_or_create(&metrics::topic(&topic.topic))
             .set(spool.open_packages() as i64);
     }
-    let mut commit = |index: usize, spool: &mut TopicSpool, give_up: bool| -> Result<bool, PipelineError> {
+    let mut commit = |index: usize,
+                      spool: &mut TopicSpool,
+                      give_up: bool|
+     -> Result<bool, PipelineError> {
         let topic = &config.topics[index].topic;
         loop {
             let started = Instant::now();
@@ -208,13 +217,19 @@ pub fn run_writer(
                     if let Some(c) = done {
                         let labels = metrics::topic(topic);
                         metrics.chunks.get_or_create(&labels).inc();
-                        metrics.chunk_bytes.get_or_create(&labels).inc_by(c.plaintext_bytes as u64);
+                        metrics
+                            .chunk_bytes
+                            .get_or_create(&labels)
+                            .inc_by(c.plaintext_bytes as u64);
                         metrics.spool_packages.get_or_create(&labels).set(0);
                         tracing::info!(topic = %topic, index = c.index, packages = c.packages, bytes = c.plaintext_bytes, "chunk published");
                     }
                     return Ok(true);
                 }
-                Err(e @ (SpoolError::Keyd(_) | SpoolError::Build(stream::chain::BuildError::Signer { .. }))) => {
+                Err(
+                    e @ (SpoolError::Keyd(_)
+                    | SpoolError::Build(stream::chain::BuildError::Signer { .. })),
+                ) => {
                     metrics.observe_keyd("chunk", started.elapsed(), false);
                     tracing::warn!(topic = %topic, error = %e, "keyd could not close the chunk; retrying");
                     if give_up || stop.load(Ordering::Relaxed) {
@@ -240,7 +255,10 @@ pub fn run_writer(
                 let package = match package {
                     Ok(p) => p,
                     Err(e) => {
-                        metrics.rejected.get_or_create(&metrics::topic(&topic.topic)).inc();
+                        metrics
+                            .rejected
+                            .get_or_create(&metrics::topic(&topic.topic))
+                            .inc();
                         tracing::warn!(topic = %topic.topic, sequence, error = %e, "message rejected by the field rules");
                         continue;
                     }
@@ -259,7 +277,9 @@ pub fn run_writer(
                 a.2 += 1;
             }
             for (index, a) in accepted.into_iter().enumerate() {
-                let Some((first, last, count)) = a else { continue };
+                let Some((first, last, count)) = a else {
+                    continue;
+                };
                 if fsync {
                     spools[index].sync()?;
                 }
@@ -274,9 +294,9 @@ pub fn run_writer(
             }
         }
         let now = Instant::now();
-        for index in 0..spools.len() {
-            if spools[index].expired(&config.topics[index].chunk, now) {
-                commit(index, &mut spools[index], false)?;
+        for (index, spool) in spools.iter_mut().enumerate() {
+            if spool.expired(&config.topics[index].chunk, now) {
+                commit(index, spool, false)?;
             }
         }
     }

@@ -80,7 +80,12 @@ impl SourceHash {
 
     pub fn save(&self) -> SavedSourceHash {
         SavedSourceHash {
-            state: hex::encode(self.state.iter().flat_map(|w| w.to_be_bytes()).collect::<Vec<_>>()),
+            state: hex::encode(
+                self.state
+                    .iter()
+                    .flat_map(|w| w.to_be_bytes())
+                    .collect::<Vec<_>>(),
+            ),
             pending: hex::encode(&self.pending),
             length: self.length,
         }

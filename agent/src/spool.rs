@@ -114,12 +114,20 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
 
 /// `NAME-<index>.EXT` → index.
 fn index_of(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
-    name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
 }
 
 impl TopicSpool {
     /// Opens (and recovers) a topic's spool and output directory for the machine `did`.
-    pub fn open(spool: &Path, output: &Path, did: &str, chunk_size: u64) -> Result<Self, SpoolError> {
+    pub fn open(
+        spool: &Path,
+        output: &Path,
+        did: &str,
+        chunk_size: u64,
+    ) -> Result<Self, SpoolError> {
         make_dir(spool)?;
         make_dir(output)?;
         let state_path = spool.join("state.json");
@@ -192,7 +200,9 @@ impl TopicSpool {
             let entry = entry.map_err(io(spool))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             match index_of(&name, "open-", ".jsonl") {
-                Some(i) if i < committed => fs::remove_file(entry.path()).map_err(io(&entry.path()))?,
+                Some(i) if i < committed => {
+                    fs::remove_file(entry.path()).map_err(io(&entry.path()))?
+                }
                 Some(i) if i == committed => {
                     open_bytes = fs::read(entry.path()).map_err(io(&entry.path()))?;
                 }
@@ -205,7 +215,10 @@ impl TopicSpool {
                 None => {}
             }
         }
-        let complete = open_bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let complete = open_bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
         open_bytes.truncate(complete);
         let open_path = spool.join(open_name(committed));
         let mut file = OpenOptions::new()
@@ -327,7 +340,12 @@ impl TopicSpool {
         // Committed. The rest is redone by recovery if interrupted.
         self.linker = linker;
         self.source = source;
-        let manifest = Manifest::new(self.source.digest(), index + 1, self.chunk_size, self.did.clone());
+        let manifest = Manifest::new(
+            self.source.digest(),
+            index + 1,
+            self.chunk_size,
+            self.did.clone(),
+        );
         layout::write_manifest(&self.output, &manifest, Durability::Atomic)?;
 
         let next_path = self.spool.join(open_name(index + 1));
@@ -389,7 +407,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool_dir, out) = (dir.path().join("spool"), dir.path().join("out"));
         let k = keys();
-        let bounds = ChunkBounds { max_bytes: 20, max_messages: None, max_age_ms: None };
+        let bounds = ChunkBounds {
+            max_bytes: 20,
+            max_messages: None,
+            max_age_ms: None,
+        };
         let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
         spool.append(b"{\"a\":1}\n").unwrap();
         assert!(!spool.full_before(&bounds, 8));

@@ -172,7 +172,8 @@ pub struct ConsumeArgs {
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Directory with chunk-*.json envelopes and manifest.json.
+    /// Directory with chunk-*.json envelopes and manifest.json, or a directory of such
+    /// directories (the edge agent's output, one per topic): each is verified.
     #[arg(long)]
     pub chunk_dir: PathBuf,
     /// Directory with chunk-*.bin ciphertexts (default: the chunk directory).

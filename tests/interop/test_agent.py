@@ -57,8 +57,22 @@ def publish_cmd(topic: str, kind: str, count: int, rate: float = 0, start: int =
             f"--rate {rate} --start {start} --size {size} --linger {linger}")
 
 
+_agent_copy: list[str] = []
+
+
+def agent_binary() -> str:
+    """The agent, copied where its unprivileged user can surely execute it (the build may
+    live in root's home)."""
+    if not _agent_copy:
+        d = private_dir("eab")
+        subprocess.run(["install", "-m", "0755", AGENT, str(d / "edge-agent")], check=True)
+        _agent_copy.append(str(d / "edge-agent"))
+    return _agent_copy[0]
+
+
 def agent_cmd(map_path: Path, log: Path) -> str:
-    return f"EDGE_AGENT_LOG=info,edge_agent=debug,rustdds=error {AS_AGENT} {shlex.quote(AGENT)} run {shlex.quote(str(map_path))} 2>>{shlex.quote(str(log))}"
+    return (f"EDGE_AGENT_LOG=info,edge_agent=debug,rustdds=error {AS_AGENT} {shlex.quote(agent_binary())} "
+            f"run {shlex.quote(str(map_path))} 2>>{shlex.quote(str(log))}")
 
 
 def wait_subscribed(log: Path, topics: int) -> str:

@@ -66,7 +66,10 @@ impl<'de> Visitor<'de> for StructVisitor<'_> {
         let mut map = Map::new();
         for field in &self.0.fields {
             let value = seq.next_element_seed(FieldSeed(field))?.ok_or_else(|| {
-                A::Error::custom(format!("{}: field `{}` is missing", self.0.name, field.name))
+                A::Error::custom(format!(
+                    "{}: field `{}` is missing",
+                    self.0.name, field.name
+                ))
             })?;
             map.insert(field.name.clone(), value);
         }
@@ -284,7 +287,10 @@ mod tests {
         let ty = registry.resolve("sensor_msgs/msg/NavSatFix").unwrap();
         let fix = NavSatFix {
             header: Header {
-                stamp: Time { sec: 17, nanosec: 5 },
+                stamp: Time {
+                    sec: 17,
+                    nanosec: 5,
+                },
                 frame_id: "gps".into(), // 4+4 bytes: the status then starts unaligned
             },
             status: Status {
@@ -345,7 +351,10 @@ mod tests {
         let ty = registry.resolve("std_msgs/ColorRGBA").unwrap();
         let decoded = decode_cdr_le(&ty, &encode(&Rgba(0.1, 1.0, f32::INFINITY, -0.0))).unwrap();
         let json = serde_json::to_string(&Value::Object(decoded.0)).unwrap();
-        assert_eq!(json, r#"{"r":0.10000000149011612,"g":1.0,"b":"Infinity","a":-0.0}"#);
+        assert_eq!(
+            json,
+            r#"{"r":0.10000000149011612,"g":1.0,"b":"Infinity","a":-0.0}"#
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub enum Arity {
     /// `T[N]`: exactly N, no length on the wire.
     Fixed(usize),
     /// `T[]` or `T[<=N]`: a length, then the elements.
-    Sequence { max: Option<usize> },
+    Sequence {
+        max: Option<usize>,
+    },
 }
 
 /// One field of a message.
@@ -213,7 +215,11 @@ mod tests {
              string<=8[<=4] names\nHeader header\ngeometry_msgs/msg/Point p\nPoint q\nfloat64 w 1\n",
         )
         .unwrap();
-        let arities: Vec<_> = def.fields.iter().map(|f| (f.name.as_str(), f.arity)).collect();
+        let arities: Vec<_> = def
+            .fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.arity))
+            .collect();
         assert_eq!(
             arities,
             vec![

@@ -142,19 +142,18 @@ impl Registry {
         for field in &def.fields {
             let element = match &field.base {
                 BaseType::Primitive(p) => Element::Primitive(*p),
-                BaseType::Message(inner) => Element::Message(
-                    self.resolve_key(inner, stack)
-                        .map_err(|e| match e {
-                            RegistryError::Unknown(name) => RegistryError::Definition {
-                                origin: origin.clone(),
-                                reason: format!(
-                                    "field `{}` has type `{name}`, which is not known",
-                                    field.name
-                                ),
-                            },
-                            other => other,
-                        })?,
-                ),
+                BaseType::Message(inner) => {
+                    Element::Message(self.resolve_key(inner, stack).map_err(|e| match e {
+                        RegistryError::Unknown(name) => RegistryError::Definition {
+                            origin: origin.clone(),
+                            reason: format!(
+                                "field `{}` has type `{name}`, which is not known",
+                                field.name
+                            ),
+                        },
+                        other => other,
+                    })?)
+                }
             };
             fields.push(Field {
                 name: field.name.clone(),
@@ -190,11 +189,16 @@ mod tests {
         let names: Vec<String> = registry.names().map(str::to_string).collect();
         assert!(names.len() >= 80, "{}", names.len());
         for name in names {
-            registry.resolve(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            registry
+                .resolve(&name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let imu = registry.resolve("sensor_msgs/msg/Imu").unwrap();
         assert_eq!(imu.fields.len(), 7);
-        assert!(matches!(registry.resolve("nope/msg/X"), Err(RegistryError::Unknown(_))));
+        assert!(matches!(
+            registry.resolve("nope/msg/X"),
+            Err(RegistryError::Unknown(_))
+        ));
     }
 
     #[test]
@@ -202,16 +206,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let msg = dir.path().join("robot_msgs/msg");
         std::fs::create_dir_all(&msg).unwrap();
-        std::fs::write(msg.join("Wheel.msg"), "std_msgs/Header header\nfloat32[4] rpm\n").unwrap();
+        std::fs::write(
+            msg.join("Wheel.msg"),
+            "std_msgs/Header header\nfloat32[4] rpm\n",
+        )
+        .unwrap();
         let mut registry = Registry::shipped();
         assert_eq!(registry.add_dir(dir.path()).unwrap(), 1);
-        assert_eq!(registry.resolve("robot_msgs/msg/Wheel").unwrap().fields.len(), 2);
+        assert_eq!(
+            registry
+                .resolve("robot_msgs/msg/Wheel")
+                .unwrap()
+                .fields
+                .len(),
+            2
+        );
 
         std::fs::write(msg.join("Loop.msg"), "Loop next\n").unwrap();
         std::fs::write(msg.join("Bad.msg"), "int32 ok\nUnknownThing x\n").unwrap();
         let mut registry = Registry::shipped();
         registry.add_dir(dir.path()).unwrap();
-        assert!(matches!(registry.resolve("robot_msgs/Loop"), Err(RegistryError::Recursive(_))));
+        assert!(matches!(
+            registry.resolve("robot_msgs/Loop"),
+            Err(RegistryError::Recursive(_))
+        ));
         let e = registry.resolve("robot_msgs/Bad").unwrap_err().to_string();
         assert!(e.contains("Bad.msg") && e.contains("`x`"), "{e}");
     }
