@@ -72,6 +72,9 @@ pub struct Backlog {
     ready: Condvar,
     config: QueueConfig,
     dir: PathBuf,
+    /// The consumer's batch size: pushes wake it only when the queue stops being empty or
+    /// holds a full batch (a wake-up per message would cost more than the message).
+    batch: usize,
 }
 
 /// The queue could not use its disk file.
@@ -84,8 +87,9 @@ pub struct BacklogError {
 }
 
 impl Backlog {
-    /// A queue spilling into `dir/queue.jsonl` (removed now if left from a previous run).
-    pub fn new(dir: &Path, config: QueueConfig) -> Result<Self, BacklogError> {
+    /// A queue spilling into `dir/queue.jsonl` (removed now if left from a previous run),
+    /// consumed in batches of `batch`.
+    pub fn new(dir: &Path, config: QueueConfig, batch: usize) -> Result<Self, BacklogError> {
         let path = dir.join("queue.jsonl");
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -107,7 +111,19 @@ impl Backlog {
             ready: Condvar::new(),
             config,
             dir: dir.to_path_buf(),
+            batch: batch.max(1),
         })
+    }
+
+    fn messages(inner: &Inner) -> usize {
+        inner.memory.len() + inner.spill.as_ref().map_or(0, |s| s.messages)
+    }
+
+    /// Wakes the consumer if this push made the queue non-empty or filled a batch.
+    fn notify(&self, queued: usize) {
+        if queued == 1 || queued % self.batch == 0 {
+            self.ready.notify_one();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -136,8 +152,9 @@ impl Backlog {
         if fits_memory {
             inner.memory_bytes += item.size;
             inner.memory.push_back(item);
+            let queued = Self::messages(&inner);
             drop(inner);
-            self.ready.notify_one();
+            self.notify(queued);
             return Ok(Pushed::Queued);
         }
         let line = serde_json::to_vec(&item).map_err(|e| self.error(e.into()))?;
@@ -172,8 +189,9 @@ impl Backlog {
             })?;
         spill.written += line.len() as u64 + 1;
         spill.messages += 1;
+        let queued = Self::messages(&inner);
         drop(inner);
-        self.ready.notify_one();
+        self.notify(queued);
         Ok(if dropped > 0 {
             Pushed::QueuedDropping(dropped)
         } else {
@@ -245,11 +263,13 @@ impl Backlog {
         }))
     }
 
-    /// Up to `max` messages: waits for the first (until `idle` passes), then at most `delay`
-    /// for the batch to fill. Empty when idle or closed.
+    /// Up to `max` messages and about `max_bytes` (at least one message): waits for the
+    /// first (until `idle` passes), then at most `delay` for the batch to fill. Empty when
+    /// idle or closed.
     pub fn pop_batch(
         &self,
         max: usize,
+        max_bytes: usize,
         delay: Duration,
         idle: Duration,
     ) -> Result<Vec<Captured>, BacklogError> {
@@ -268,15 +288,19 @@ impl Backlog {
         }
         let first = Instant::now();
         let mut batch = Vec::with_capacity(max.min(4096));
+        let mut bytes = 0;
         loop {
-            while batch.len() < max {
+            while batch.len() < max && bytes < max_bytes {
                 match self.pop_one(&mut inner)? {
-                    Some(item) => batch.push(item),
+                    Some(item) => {
+                        bytes += item.size;
+                        batch.push(item);
+                    }
                     None => break,
                 }
             }
             let left = delay.saturating_sub(first.elapsed());
-            if batch.len() >= max || left.is_zero() || inner.closed {
+            if batch.len() >= max || bytes >= max_bytes || left.is_zero() || inner.closed {
                 return Ok(batch);
             }
             inner = self
@@ -341,7 +365,9 @@ mod tests {
     fn drain(b: &Backlog) -> Vec<u64> {
         let mut out = Vec::new();
         loop {
-            let batch = b.pop_batch(7, Duration::ZERO, Duration::ZERO).unwrap();
+            let batch = b
+                .pop_batch(7, usize::MAX, Duration::ZERO, Duration::ZERO)
+                .unwrap();
             if batch.is_empty() {
                 return out;
             }
@@ -352,7 +378,7 @@ mod tests {
     #[test]
     fn spills_to_disk_in_order_and_returns_to_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Backlog::new(dir.path(), config(1000, 1 << 20, Overflow::Pause)).unwrap();
+        let b = Backlog::new(dir.path(), config(1000, 1 << 20, Overflow::Pause), 3).unwrap();
         for n in 0..100 {
             assert_eq!(b.push(item(n)).unwrap(), Pushed::Queued);
         }
@@ -368,7 +394,7 @@ mod tests {
     #[test]
     fn overflow_policies() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Backlog::new(dir.path(), config(0, 200, Overflow::Pause)).unwrap();
+        let b = Backlog::new(dir.path(), config(0, 200, Overflow::Pause), 3).unwrap();
         let mut queued = 0;
         while b.push(item(queued)).unwrap() == Pushed::Queued {
             queued += 1;
@@ -376,7 +402,7 @@ mod tests {
         assert!(queued > 0);
         assert_eq!(drain(&b), (0..queued).collect::<Vec<_>>());
 
-        let b = Backlog::new(dir.path(), config(0, 200, Overflow::DropOldest)).unwrap();
+        let b = Backlog::new(dir.path(), config(0, 200, Overflow::DropOldest), 3).unwrap();
         let mut dropped = 0;
         for n in 0..50 {
             if let Pushed::QueuedDropping(d) = b.push(item(n)).unwrap() {

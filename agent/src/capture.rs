@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
 use ros2_client::{
     qos::{Durability, History, Reliability, WhenFull},
     Context, ContextOptions, MessageTypeName, Name, NodeName, NodeOptions, QosProfile,
@@ -15,7 +16,7 @@ use ros2_client::{
 use crate::backlog::{item_size, Backlog, Captured, Pushed};
 use crate::config::{AgentConfig, Overflow, Qos, QosProfile as MapQos, TopicConfig};
 use crate::metrics::{self, Metrics};
-use crate::msg::{Decoded, MessageSeed};
+use crate::msg::{Decoded, MessageSeed, MsgType};
 
 /// The DDS side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +27,32 @@ pub enum CaptureError {
     Topic { topic: String, reason: String },
 }
 
-/// The ROS 2 QoS a map entry asks for.
-pub fn ros_qos(qos: &Qos) -> QosProfile {
+/// The least number of samples the agent's DDS reader cache holds, whatever the map's
+/// `depth` (RustDDS keeps 64 by default, and drops beyond that if the agent falls behind
+/// for a moment), for types without byte blobs. Types with a `uint8[]` (images, point
+/// clouds) keep the map's `depth`, so the cache stays bounded in bytes too.
+pub const MIN_RECEIVE_CACHE: usize = 1024;
+
+/// Whether a message type carries a byte sequence (an image, a point cloud…).
+fn has_blob(ty: &MsgType) -> bool {
+    use crate::msg::parse::{Arity, Primitive};
+    use crate::msg::registry::Element;
+    ty.fields.iter().any(|f| match &f.element {
+        Element::Primitive(Primitive::Octet) => matches!(f.arity, Arity::Sequence { .. }),
+        Element::Primitive(_) => false,
+        Element::Message(inner) => has_blob(inner),
+    })
+}
+
+/// The ROS 2 QoS of a map entry (reliability and history as asked; the receive cache at
+/// least [`MIN_RECEIVE_CACHE`] deep for small messages).
+pub fn ros_qos(qos: &Qos, ty: &MsgType) -> QosProfile {
     let depth = usize::from(qos.depth());
+    let depth = if has_blob(ty) {
+        depth
+    } else {
+        depth.max(MIN_RECEIVE_CACHE)
+    };
     let base = QosProfile::subscription_default().durability(Durability::Volatile);
     match qos.profile {
         MapQos::Default => base
@@ -39,11 +63,12 @@ pub fn ros_qos(qos: &Qos) -> QosProfile {
         MapQos::SensorData => base
             .reliability(Reliability::BestEffort)
             .history(History::KeepLast { depth }),
+        // Keep-all would fall back to RustDDS's 64-sample limit: a deep keep-last instead.
         MapQos::Reliable => base
             .reliability(Reliability::Reliable {
                 when_full: WhenFull::DEFAULT,
             })
-            .history(History::KeepAll),
+            .history(History::KeepLast { depth: 4 * depth }),
     }
 }
 
@@ -81,7 +106,7 @@ pub fn start(
             topic: topic.topic.clone(),
             reason,
         };
-        let qos = ros_qos(&topic.qos);
+        let qos = ros_qos(&topic.qos, &topic.msg_type);
         let dds_topic = node
             .create_topic(
                 &ros_name(&topic.topic).map_err(fail)?,
@@ -92,6 +117,7 @@ pub fn start(
         let subscription = node
             .create_subscription::<Decoded>(&dds_topic, Some(qos))
             .map_err(|e| fail(format!("{e:?}")))?;
+        let labels = metrics::topic(&topic.topic);
         let task = Receiver {
             index,
             topic: topic.clone(),
@@ -99,6 +125,10 @@ pub fn start(
             backlog: backlog.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
+            received: metrics.received.get_or_create(&labels).clone(),
+            decode_errors: metrics.decode_errors.get_or_create(&labels).clone(),
+            dropped: metrics.dropped.get_or_create(&labels).clone(),
+            paused: metrics.paused.get_or_create(&labels).clone(),
         };
         tokio::spawn(async move {
             let stream = subscription.async_stream_seed(MessageSeed(task.topic.msg_type.clone()));
@@ -132,23 +162,25 @@ struct Receiver {
     backlog: Arc<Backlog>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
+    received: Counter,
+    decode_errors: Counter,
+    dropped: Counter,
+    paused: Counter,
 }
 
 impl Receiver {
     async fn receive<E: std::fmt::Debug>(&self, sample: Result<Decoded, E>) {
-        let labels = metrics::topic(&self.topic.topic);
         let fields = match sample {
             Ok(Decoded(fields)) => fields,
             Err(e) => {
-                let c = self.metrics.decode_errors.get_or_create(&labels);
-                c.inc();
-                if c.get().is_power_of_two() {
-                    tracing::warn!(topic = %self.topic.topic, r#type = %self.topic.type_name, error = ?e, count = c.get(), "a sample did not decode as the map's type");
+                let count = self.decode_errors.inc() + 1;
+                if count.is_power_of_two() {
+                    tracing::warn!(topic = %self.topic.topic, r#type = %self.topic.type_name, error = ?e, count, "a sample did not decode as the map's type");
                 }
                 return;
             }
         };
-        self.metrics.received.get_or_create(&labels).inc();
+        self.received.inc();
         let mut item = Captured {
             topic: self.index,
             captured_at: stream::layout::utc_iso8601(SystemTime::now(), true),
@@ -160,19 +192,19 @@ impl Receiver {
             match self.backlog.push(item) {
                 Ok(Pushed::Queued) => return,
                 Ok(Pushed::QueuedDropping(n)) => {
-                    self.metrics.dropped.get_or_create(&labels).inc_by(n as u64);
+                    self.dropped.inc_by(n as u64);
                     return;
                 }
                 Ok(Pushed::Full(back)) if self.overflow == Overflow::DropOldest => {
                     // Larger than the whole disk queue: it cannot be kept.
                     drop(back);
-                    self.metrics.dropped.get_or_create(&labels).inc();
+                    self.dropped.inc();
                     return;
                 }
                 Ok(Pushed::Full(back)) => {
                     if !paused {
                         paused = true;
-                        self.metrics.paused.get_or_create(&labels).inc();
+                        self.paused.inc();
                         tracing::warn!(topic = %self.topic.topic, "queue full: pausing this topic");
                     }
                     if self.stop.load(Ordering::Relaxed) {

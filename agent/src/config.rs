@@ -48,7 +48,8 @@ pub enum QosProfile {
     Default,
     /// Sensor data: best effort, keep last `depth` (5).
     SensorData,
-    /// Reliable, keep last `depth`, for topics that must not lose samples.
+    /// Reliable, like `default`, with a receive cache four times deeper, for topics that
+    /// must not lose samples when the agent is briefly starved of CPU.
     Reliable,
 }
 
@@ -143,7 +144,7 @@ pub struct QueueConfig {
 }
 
 fn default_memory_bytes() -> u64 {
-    8 << 20
+    4 << 20
 }
 fn default_disk_bytes() -> u64 {
     1 << 30
@@ -168,9 +169,17 @@ pub struct BatchConfig {
     /// Most packages signed in one keyd call.
     #[serde(default = "default_batch_messages", alias = "maxMessages")]
     pub max_messages: usize,
+    /// Most bytes (decoded messages, approximately) in one batch, so large messages
+    /// (point clouds) make small batches and memory stays bounded.
+    #[serde(default = "default_batch_bytes", alias = "maxBytes")]
+    pub max_bytes: usize,
     /// Longest a message waits for its batch to fill.
     #[serde(default = "default_batch_delay", alias = "maxDelayMs")]
     pub max_delay_ms: u64,
+}
+
+fn default_batch_bytes() -> usize {
+    2 << 20
 }
 
 fn default_batch_messages() -> usize {
@@ -184,6 +193,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_messages: default_batch_messages(),
+            max_bytes: default_batch_bytes(),
             max_delay_ms: default_batch_delay(),
         }
     }

@@ -95,8 +95,12 @@ pub fn run_signer(
     let mut next_sequence: Option<u64> = None;
     let delay = Duration::from_millis(config.batch.max_delay_ms);
     loop {
-        let batch =
-            backlog.pop_batch(config.batch.max_messages, delay, Duration::from_millis(200))?;
+        let batch = backlog.pop_batch(
+            config.batch.max_messages,
+            config.batch.max_bytes,
+            delay,
+            Duration::from_millis(200),
+        )?;
         let depth = backlog.depth();
         metrics.queue_messages.set(depth.messages as i64);
         metrics.queue_memory_bytes.set(depth.memory_bytes as i64);
@@ -271,7 +275,7 @@ pub fn run_writer(
                 if spool.full_before(&topic.chunk, line.len()) {
                     commit(index, spool, false)?;
                 }
-                spool.append(line.as_bytes())?;
+                spool.append(line.as_bytes());
                 let a = accepted[index].get_or_insert((sequence, sequence, 0));
                 a.1 = sequence;
                 a.2 += 1;
@@ -282,6 +286,8 @@ pub fn run_writer(
                 };
                 if fsync {
                     spools[index].sync()?;
+                } else {
+                    spools[index].flush()?;
                 }
                 let topic = &config.topics[index].topic;
                 let labels = metrics::topic(topic);

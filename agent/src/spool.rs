@@ -81,7 +81,9 @@ pub struct TopicSpool {
     open: Vec<u8>,
     open_packages: usize,
     opened_at: Option<Instant>,
-    /// Bytes appended since the last sync.
+    /// How much of `open` is written to the file.
+    written: usize,
+    /// Bytes written since the last sync.
     unsynced: bool,
 }
 
@@ -241,6 +243,7 @@ impl TopicSpool {
             source,
             file,
             opened_at: (open_packages > 0).then(Instant::now),
+            written: open_bytes.len(),
             open: open_bytes,
             open_packages,
             unsynced: false,
@@ -279,19 +282,30 @@ impl TopicSpool {
         }
     }
 
-    /// Appends one package line (with its `\n`) to the open chunk (not yet synced).
-    pub fn append(&mut self, line: &[u8]) -> Result<(), SpoolError> {
-        let path = self.spool.join(open_name(self.linker.next_index()));
-        self.file.write_all(line).map_err(io(&path))?;
+    /// Appends one package line (with its `\n`) to the open chunk (written to the file by
+    /// [`Self::flush`] or [`Self::sync`]).
+    pub fn append(&mut self, line: &[u8]) {
         self.open.extend_from_slice(line);
         self.open_packages += 1;
         self.opened_at.get_or_insert_with(Instant::now);
-        self.unsynced = true;
+    }
+
+    /// Writes what was appended to the spool file (one write for the batch).
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        if self.written < self.open.len() {
+            let path = self.spool.join(open_name(self.linker.next_index()));
+            self.file
+                .write_all(&self.open[self.written..])
+                .map_err(io(&path))?;
+            self.written = self.open.len();
+            self.unsynced = true;
+        }
         Ok(())
     }
 
     /// Makes every appended package durable.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        self.flush()?;
         if self.unsynced {
             let path = self.spool.join(open_name(self.linker.next_index()));
             self.file.sync_data().map_err(io(&path))?;
@@ -313,19 +327,32 @@ impl TopicSpool {
         }
         if fsync {
             self.sync()?;
+        } else {
+            self.flush()?;
         }
         let index = self.linker.next_index();
         let key = keys
             .new_chunk_keys(1)?
             .pop()
             .ok_or_else(|| SignerError::Unavailable("keyd returned no chunk key".into()))?;
-        let sealed = seal_chunk(self.open.clone(), key, signer, index)?;
+        let mut source = self.source.clone();
+        source.update(&self.open);
+        let plaintext_bytes = self.open.len();
+        // Sealed in place (no copy of the chunk); on failure the spool file gives it back.
+        let sealed = match seal_chunk(std::mem::take(&mut self.open), key, signer, index) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                let path = self.spool.join(open_name(index));
+                self.open = fs::read(&path).map_err(io(&path))?;
+                self.written = self.open.len();
+                return Err(e.into());
+            }
+        };
         let mut linker = self.linker.clone();
         let (envelope, ciphertext) = linker.link(sealed);
         layout::write_chunk(&self.output, &envelope, &ciphertext, Durability::Synced)?;
+        drop(ciphertext);
 
-        let mut source = self.source.clone();
-        source.update(&self.open);
         let state = State {
             next_index: index + 1,
             previous_chunk_id: Some(envelope.chunk_id.clone()),
@@ -363,10 +390,11 @@ impl TopicSpool {
         }
         let committed = Committed {
             index,
-            plaintext_bytes: self.open.len(),
+            plaintext_bytes,
             packages: self.open_packages,
         };
         self.open.clear();
+        self.written = 0;
         self.open_packages = 0;
         self.opened_at = None;
         self.unsynced = false;
@@ -413,13 +441,14 @@ mod tests {
             max_age_ms: None,
         };
         let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
-        spool.append(b"{\"a\":1}\n").unwrap();
+        spool.append(b"{\"a\":1}\n");
         assert!(!spool.full_before(&bounds, 8));
-        spool.append(b"{\"a\":2}\n").unwrap();
+        spool.append(b"{\"a\":2}\n");
         assert!(spool.full_before(&bounds, 8));
         spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
-        spool.append(b"{\"a\":3}\n").unwrap();
-        spool.append(b"{\"a\":4").unwrap(); // torn: never synced
+        spool.append(b"{\"a\":3}\n");
+        spool.append(b"{\"a\":4");
+        spool.flush().unwrap(); // torn: never synced
         drop(spool);
 
         // A half-done commit of chunk 1: its files exist, the state was not written.
@@ -430,7 +459,7 @@ mod tests {
         assert!(!out.join(".chunk-1.json.tmp-9").exists());
         assert_eq!(spool.next_index(), 1);
         assert_eq!(spool.open_packages(), 1);
-        spool.append(b"{\"a\":5}\n").unwrap();
+        spool.append(b"{\"a\":5}\n");
         spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
 
         let chunks = stream::layout::read_chunks(&out).unwrap();

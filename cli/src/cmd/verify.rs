@@ -63,7 +63,11 @@ pub fn run(args: VerifyArgs, out: &Output) -> CliResult {
                     name.clone(),
                     json!({"valid": false, "check": failure.1, "index": failure.2, "reason": failure.0}),
                 );
-                first_failure.get_or_insert((format!("{name}: {}", failure.0), failure.1, failure.2));
+                first_failure.get_or_insert((
+                    format!("{name}: {}", failure.0),
+                    failure.1,
+                    failure.2,
+                ));
             }
         }
     }
