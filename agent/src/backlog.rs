@@ -121,7 +121,7 @@ impl Backlog {
 
     /// Wakes the consumer if this push made the queue non-empty or filled a batch.
     fn notify(&self, queued: usize) {
-        if queued == 1 || queued % self.batch == 0 {
+        if queued == 1 || queued.is_multiple_of(self.batch) {
             self.ready.notify_one();
         }
     }
