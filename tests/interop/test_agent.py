@@ -37,6 +37,10 @@ NETNS_SETUP = ("ip link set lo up; ip link set lo multicast on; ip route add 224
                "trap 'kill -KILL $(jobs -p) 2>/dev/null || true' EXIT\n")
 
 
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: a private network namespace, and the agent run as nobody")
+
+
 def private_dir(prefix: str) -> Path:
     """A short directory the agent's user can reach (Unix socket paths are short)."""
     d = Path(subprocess.run(["mktemp", "-d", f"/tmp/{prefix}XXXX"], capture_output=True, text=True, check=True).stdout.strip())
@@ -121,6 +125,7 @@ def as_json(kind: str, n: int, size: int = 100):
     return json.loads(json.dumps(dataclasses.asdict(rospub.make(kind, n, size))))
 
 
+@needs_root
 def test_topics_become_verified_chains(keyd):
     work = private_dir("eat")
     counts = {"chatter": 300, "imu": 120, "gps": 80}
@@ -220,6 +225,7 @@ COUNT_TOPIC = """\
 """
 
 
+@needs_root
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(keyd):
     if keyd["backend"] != "software":
         pytest.skip("one backend is enough for the crash test")
@@ -243,6 +249,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(keyd):
     assert len(numbers) >= len(accepted)
 
 
+@needs_root
 def test_keyd_restart_under_load_loses_nothing(keyd):
     work = private_dir("ear")
     map_path = write_map(work, keyd["socket"], COUNT_TOPIC)
@@ -267,6 +274,7 @@ def test_check_names_file_line_and_key(tmp_path):
     assert good.returncode == 0, good.stderr
 
 
+@needs_root
 def test_refuses_root():
     proc = subprocess.run([AGENT, "run", str(ROOT / "policies" / "edge-agent-map.yaml")], capture_output=True, text=True)
     assert proc.returncode == 2 and "refusing to run as root" in proc.stderr
