@@ -4,15 +4,21 @@
 //! the oldest queued message (`drop_oldest`), and every drop is counted.
 //!
 //! Messages here are not yet accepted (they are not signed): the disk part is a spill area
-//! for when keyd is slow or down, not a durable log, and is emptied at start.
+//! for when keyd is slow or down, not a durable log, and is emptied at start. It holds
+//! fields before the field rules ran (some are to be encrypted), so every record is
+//! sealed with ChaCha20-Poly1305 under a key that exists only in this process's memory:
+//! what is left on disk after a crash is unreadable, and is removed at the next start.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use chacha20poly1305::aead::Aead;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -50,13 +56,24 @@ pub struct Depth {
     pub disk_bytes: u64,
 }
 
+/// The disk part: `[u32 length][ciphertext ‖ tag]` records, the nonce a record counter.
 struct Spill {
     path: PathBuf,
     writer: File,
     reader: BufReader<File>,
+    /// A fresh key per spill file, never written anywhere (zeroized on drop).
+    cipher: ChaCha20Poly1305,
+    written_records: u64,
+    read_records: u64,
     written: u64,
     read: u64,
     messages: usize,
+}
+
+fn record_nonce(counter: u64) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&counter.to_le_bytes());
+    Nonce::from(nonce)
 }
 
 struct Inner {
@@ -87,10 +104,10 @@ pub struct BacklogError {
 }
 
 impl Backlog {
-    /// A queue spilling into `dir/queue.jsonl` (removed now if left from a previous run),
+    /// A queue spilling into `dir/queue.bin` (removed now if left from a previous run),
     /// consumed in batches of `batch`.
     pub fn new(dir: &Path, config: QueueConfig, batch: usize) -> Result<Self, BacklogError> {
-        let path = dir.join("queue.jsonl");
+        let path = dir.join("queue.bin");
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -157,11 +174,13 @@ impl Backlog {
             self.notify(queued);
             return Ok(Pushed::Queued);
         }
-        let line = serde_json::to_vec(&item).map_err(|e| self.error(e.into()))?;
+        let plain =
+            zeroize::Zeroizing::new(serde_json::to_vec(&item).map_err(|e| self.error(e.into()))?);
+        let record_len = plain.len() as u64 + 16 + 4;
         let mut dropped = 0;
         loop {
             let disk = inner.spill.as_ref().map_or(0, |s| s.written - s.read);
-            if disk + (line.len() as u64) < self.config.disk_bytes {
+            if disk + record_len <= self.config.disk_bytes {
                 break;
             }
             match self.config.overflow {
@@ -179,15 +198,25 @@ impl Backlog {
             inner.spill = Some(self.open_spill()?);
         }
         let spill = inner.spill.as_mut().expect("opened above");
+        let sealed = spill
+            .cipher
+            .encrypt(&record_nonce(spill.written_records), plain.as_slice())
+            .map_err(|_| BacklogError {
+                path: spill.path.display().to_string(),
+                source: std::io::Error::other("sealing a queue record failed"),
+            })?;
+        let mut record = Vec::with_capacity(4 + sealed.len());
+        record.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        record.extend_from_slice(&sealed);
         spill
             .writer
-            .write_all(&line)
-            .and_then(|_| spill.writer.write_all(b"\n"))
+            .write_all(&record)
             .map_err(|source| BacklogError {
                 path: spill.path.display().to_string(),
                 source,
             })?;
-        spill.written += line.len() as u64 + 1;
+        spill.written_records += 1;
+        spill.written += record.len() as u64;
         spill.messages += 1;
         let queued = Self::messages(&inner);
         drop(inner);
@@ -201,25 +230,30 @@ impl Backlog {
 
     fn error(&self, source: std::io::Error) -> BacklogError {
         BacklogError {
-            path: self.dir.join("queue.jsonl").display().to_string(),
+            path: self.dir.join("queue.bin").display().to_string(),
             source,
         }
     }
 
     fn open_spill(&self) -> Result<Spill, BacklogError> {
-        let path = self.dir.join("queue.jsonl");
+        let path = self.dir.join("queue.bin");
         let writer = OpenOptions::new()
             .create(true)
-            .read(true)
             .write(true)
             .truncate(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| self.error(e))?;
         let reader = File::open(&path).map_err(|e| self.error(e))?;
+        let key = stream::keys::Secret32::random()
+            .map_err(|_| self.error(std::io::Error::other("no randomness for the queue key")))?;
         Ok(Spill {
             path,
             writer,
             reader: BufReader::new(reader),
+            cipher: ChaCha20Poly1305::new(key.expose().into()),
+            written_records: 0,
+            read_records: 0,
             written: 0,
             read: 0,
             messages: 0,
@@ -239,18 +273,25 @@ impl Backlog {
             inner.spill = None;
             return Ok(None);
         }
-        let mut line = Vec::new();
+        let path = spill.path.display().to_string();
         let io = |source| BacklogError {
-            path: spill.path.display().to_string(),
+            path: path.clone(),
             source,
         };
-        spill.reader.read_until(b'\n', &mut line).map_err(io)?;
-        spill.read += line.len() as u64;
+        let mut len = [0u8; 4];
+        spill.reader.read_exact(&mut len).map_err(io)?;
+        let mut sealed = vec![0u8; u32::from_le_bytes(len) as usize];
+        spill.reader.read_exact(&mut sealed).map_err(io)?;
+        let plain = zeroize::Zeroizing::new(
+            spill
+                .cipher
+                .decrypt(&record_nonce(spill.read_records), sealed.as_slice())
+                .map_err(|_| io(std::io::Error::other("a queue record does not open")))?,
+        );
+        spill.read_records += 1;
+        spill.read += 4 + sealed.len() as u64;
         spill.messages -= 1;
-        let item: Captured = serde_json::from_slice(&line).map_err(|e| BacklogError {
-            path: spill.path.display().to_string(),
-            source: e.into(),
-        })?;
+        let item: Captured = serde_json::from_slice(&plain).map_err(|e| io(e.into()))?;
         if spill.messages == 0 {
             // Drained: back to memory.
             let path = spill.path.clone();
@@ -384,8 +425,13 @@ mod tests {
         }
         assert!(b.depth().disk_bytes > 0);
         assert_eq!(b.depth().messages, 100);
+        let on_disk = std::fs::read(dir.path().join("queue.bin")).unwrap();
+        assert!(
+            !on_disk.windows(3).any(|w| w == b"t99"),
+            "a queued message is on disk in clear"
+        );
         assert_eq!(drain(&b), (0..100).collect::<Vec<_>>());
-        assert!(!dir.path().join("queue.jsonl").exists());
+        assert!(!dir.path().join("queue.bin").exists());
         b.push(item(7)).unwrap();
         assert_eq!(b.depth().disk_bytes, 0);
         assert_eq!(drain(&b), vec![7]);
