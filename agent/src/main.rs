@@ -197,23 +197,28 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
 
     let (sender, receiver) = crossbeam_channel::bounded(2);
     let result = std::thread::scope(|scope| {
-        let signer = scope.spawn(|| {
-            let r = pipeline::run_signer(&config, &backlog, &keyd, &metrics, sender, &stop);
-            if r.is_err() {
-                stop.store(true, Ordering::Relaxed);
-                backlog.close();
-            }
-            r
-        });
-        let writer = scope.spawn(|| {
-            let r = pipeline::run_writer(&config, &mut spools, &keyd, &metrics, receiver, &stop);
-            if r.is_err() {
-                metrics.pipeline_up.store(false, Ordering::Relaxed);
-                stop.store(true, Ordering::Relaxed);
-                backlog.close();
-            }
-            r
-        });
+        let signer = std::thread::Builder::new()
+            .name("signer".into())
+            .spawn_scoped(scope, || {
+                let r = pipeline::run_signer(&config, &backlog, &keyd, &metrics, sender, &stop);
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                    backlog.close();
+                }
+                r
+            })?;
+        let writer = std::thread::Builder::new()
+            .name("writer".into())
+            .spawn_scoped(scope, || {
+                let r =
+                    pipeline::run_writer(&config, &mut spools, &keyd, &metrics, receiver, &stop);
+                if r.is_err() {
+                    metrics.pipeline_up.store(false, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                    backlog.close();
+                }
+                r
+            })?;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }

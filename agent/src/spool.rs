@@ -1,18 +1,22 @@
 //! One topic's spool and published chain.
 //!
-//! The spool directory holds the open chunk, `open-N.jsonl` (signed packages, one per line,
-//! exactly the future plaintext of `chunk-N`), and `state.json`, the last committed point:
-//! the next chunk index, the previous chunk id and the saved `sourceHash` state.
+//! The spool directory holds the open chunk, `open.jsonl` (signed packages, one per line,
+//! exactly the future plaintext of the next chunk), and the last committed point in two
+//! state slots, `state-0` and `state-1` (the next chunk index, the previous chunk id and
+//! the saved `sourceHash` state, with a checksum; chunk N's commit rewrites slot N mod 2 in
+//! place, so a torn write leaves the other slot valid).
 //!
 //! Closing chunk N: seal it (chunk key from keyd, XChaCha20-Poly1305, hash signed by keyd),
-//! write `chunk-N.bin` and `chunk-N.json` (synced), then `state.json` (synced: this is the
-//! commit point), then `manifest.json`, then start `open-(N+1).jsonl` and remove
-//! `open-N.jsonl`. After a crash at any point, [`TopicSpool::open`] rolls back to the
-//! committed state: chunk files above it are removed (they are rebuilt from the spool),
-//! spool files below it are removed (they are published), a torn last line is cut off.
+//! write `chunk-N.bin` and `chunk-N.json` (synced), then the state slot (synced: this is the
+//! commit point), then `manifest.json`, then empty `open.jsonl`. After a crash at any
+//! point, [`TopicSpool::open`] rolls back to the committed state: chunk files above it are
+//! removed (they are rebuilt from the spool), a spool that still holds the committed chunk
+//! (its plaintext hash is that chunk's `plaintextHash`) is emptied, a torn last line is cut
+//! off. Files are reused rather than created per chunk: on ext4, creating and deleting
+//! files was most of the writer's CPU time.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -58,6 +62,50 @@ struct State {
     previous_chunk_id: Option<String>,
     source: SavedSourceHash,
     machine_did: String,
+}
+
+const SPOOL_FILE: &str = "open.jsonl";
+
+fn slot_name(slot: u64) -> String {
+    format!("state-{slot}")
+}
+
+/// `state` as a slot's bytes: its JSON, then a line with the JSON's SHA-256.
+fn encode_state(state: &State) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(state).expect("a state always serializes");
+    let check = stream::hexenc::sha256_0x(&bytes);
+    bytes.push(b'\n');
+    bytes.extend_from_slice(check.as_bytes());
+    bytes.push(b'\n');
+    bytes
+}
+
+/// A slot's state, if it is complete and intact.
+fn decode_state(bytes: &[u8]) -> Option<State> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (json, check) = text.strip_suffix('\n')?.split_once('\n')?;
+    (stream::hexenc::sha256_0x(json.as_bytes()) == check)
+        .then(|| serde_json::from_str(json).ok())
+        .flatten()
+}
+
+/// Overwrites a slot in place and flushes it (no new file, no rename).
+fn write_slot(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+    let new = !path.exists();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o640)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(bytes).map_err(io(path))?;
+    file.set_len(bytes.len() as u64).map_err(io(path))?;
+    file.sync_data().map_err(io(path))?;
+    match (new, path.parent()) {
+        (true, Some(dir)) => sync_dir(dir),
+        _ => Ok(()),
+    }
 }
 
 /// What closing a chunk produced.
@@ -106,10 +154,6 @@ fn make_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(io(dir))
 }
 
-fn open_name(index: u64) -> String {
-    format!("open-{index}.jsonl")
-}
-
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
@@ -132,15 +176,40 @@ impl TopicSpool {
     ) -> Result<Self, SpoolError> {
         make_dir(spool)?;
         make_dir(output)?;
-        let state_path = spool.join("state.json");
+        let state_path = spool.join(slot_name(0));
         let inconsistent = |path: &Path, reason: String| SpoolError::Inconsistent {
             path: path.display().to_string(),
             reason,
         };
-        let state = match fs::read(&state_path) {
-            Ok(bytes) => serde_json::from_slice::<State>(&bytes)
-                .map_err(|e| inconsistent(&state_path, format!("unreadable state: {e}")))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let mut slots_found = 0;
+        let mut best: Option<State> = None;
+        for slot in 0..2 {
+            let path = spool.join(slot_name(slot));
+            match fs::read(&path) {
+                Ok(bytes) => {
+                    slots_found += 1;
+                    if let Some(state) = decode_state(&bytes) {
+                        if best
+                            .as_ref()
+                            .is_none_or(|b| state.next_index > b.next_index)
+                        {
+                            best = Some(state);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        let state = match best {
+            Some(state) => state,
+            None if slots_found > 0 => {
+                return Err(inconsistent(
+                    spool,
+                    "no intact state slot: the spool is damaged".into(),
+                ))
+            }
+            None => {
                 if layout::read_manifest(output)?.is_some_and(|m| m.total_chunks > 0) {
                     return Err(inconsistent(
                         output,
@@ -157,7 +226,6 @@ impl TopicSpool {
                     machine_did: did.to_string(),
                 }
             }
-            Err(e) => return Err(io(&state_path)(e)),
         };
         if state.machine_did != did {
             return Err(inconsistent(
@@ -181,6 +249,7 @@ impl TopicSpool {
                 fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             }
         }
+        let mut last_plaintext_hash = None;
         if committed > 0 {
             let last = output.join(format!("chunk-{}.json", committed - 1));
             let text = fs::read(&last).map_err(io(&last))?;
@@ -192,37 +261,26 @@ impl TopicSpool {
                     "is not the chunk the spool's state names: the output directory was changed behind the agent".into(),
                 ));
             }
+            last_plaintext_hash = Some(envelope.plaintext_hash.clone());
             let manifest = Manifest::new(source.digest(), committed, chunk_size, did.to_string());
             layout::write_manifest(output, &manifest, Durability::Synced)?;
         }
 
-        // The spool: drop what is published, keep the open chunk, cut a torn line.
-        let mut open_bytes = Vec::new();
-        for entry in fs::read_dir(spool).map_err(io(spool))? {
-            let entry = entry.map_err(io(spool))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match index_of(&name, "open-", ".jsonl") {
-                Some(i) if i < committed => {
-                    fs::remove_file(entry.path()).map_err(io(&entry.path()))?
-                }
-                Some(i) if i == committed => {
-                    open_bytes = fs::read(entry.path()).map_err(io(&entry.path()))?;
-                }
-                Some(i) => {
-                    return Err(inconsistent(
-                        &entry.path(),
-                        format!("is ahead of the committed chunk {committed} (index {i})"),
-                    ))
-                }
-                None => {}
-            }
-        }
+        // The spool: cut a torn line; empty it if it still holds the committed chunk.
+        let open_path = spool.join(SPOOL_FILE);
+        let mut open_bytes = match fs::read(&open_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&open_path)(e)),
+        };
         let complete = open_bytes
             .iter()
             .rposition(|b| *b == b'\n')
             .map_or(0, |i| i + 1);
         open_bytes.truncate(complete);
-        let open_path = spool.join(open_name(committed));
+        if last_plaintext_hash.as_deref() == Some(stream::hexenc::sha256_0x(&open_bytes).as_str()) {
+            open_bytes.clear();
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .write(true)
@@ -293,7 +351,7 @@ impl TopicSpool {
     /// Writes what was appended to the spool file (one write for the batch).
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         if self.written < self.open.len() {
-            let path = self.spool.join(open_name(self.linker.next_index()));
+            let path = self.spool.join(SPOOL_FILE);
             self.file
                 .write_all(&self.open[self.written..])
                 .map_err(io(&path))?;
@@ -307,7 +365,7 @@ impl TopicSpool {
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         self.flush()?;
         if self.unsynced {
-            let path = self.spool.join(open_name(self.linker.next_index()));
+            let path = self.spool.join(SPOOL_FILE);
             self.file.sync_data().map_err(io(&path))?;
             self.unsynced = false;
         }
@@ -342,7 +400,7 @@ impl TopicSpool {
         let sealed = match seal_chunk(std::mem::take(&mut self.open), key, signer, index) {
             Ok(sealed) => sealed,
             Err(e) => {
-                let path = self.spool.join(open_name(index));
+                let path = self.spool.join(SPOOL_FILE);
                 self.open = fs::read(&path).map_err(io(&path))?;
                 self.written = self.open.len();
                 return Err(e.into());
@@ -359,11 +417,10 @@ impl TopicSpool {
             source: source.save(),
             machine_did: self.did.clone(),
         };
-        let state_text = serde_json::to_vec(&state).map_err(|e| SpoolError::Inconsistent {
-            path: self.spool.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        layout::write_atomic(&self.spool, "state.json", &state_text, Durability::Synced)?;
+        write_slot(
+            &self.spool.join(slot_name(index % 2)),
+            &encode_state(&state),
+        )?;
         // Committed. The rest is redone by recovery if interrupted.
         self.linker = linker;
         self.source = source;
@@ -375,19 +432,9 @@ impl TopicSpool {
         );
         layout::write_manifest(&self.output, &manifest, Durability::Atomic)?;
 
-        let next_path = self.spool.join(open_name(index + 1));
-        self.file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(&next_path)
-            .map_err(io(&next_path))?;
-        let done = self.spool.join(open_name(index));
-        fs::remove_file(&done).map_err(io(&done))?;
-        if fsync {
-            sync_dir(&self.spool)?;
-        }
+        let path = self.spool.join(SPOOL_FILE);
+        self.file.set_len(0).map_err(io(&path))?;
+        self.file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
         let committed = Committed {
             index,
             plaintext_bytes,
@@ -483,6 +530,28 @@ mod tests {
         );
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(plain, all);
+
+        // A crash after the state was committed but before the spool was emptied: the spool
+        // still holds the published chunk, and must not become the next chunk too.
+        let published = b"{\"a\":6}\n".to_vec();
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        spool.append(&published);
+        spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
+        drop(spool);
+        std::fs::write(spool_dir.join(SPOOL_FILE), &published).unwrap();
+        let spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        assert_eq!((spool.next_index(), spool.open_packages()), (3, 0));
+        drop(spool);
+
+        // A crash while chunk 2's state slot was written (torn; the spool still holds chunk
+        // 2): the other slot is used, and chunk 2 is rebuilt from the spool.
+        std::fs::write(spool_dir.join(SPOOL_FILE), &published).unwrap();
+        std::fs::write(spool_dir.join(slot_name(0)), b"{\"nextIndex\":3").unwrap();
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        assert_eq!((spool.next_index(), spool.open_packages()), (2, 1));
+        assert!(!out.join("chunk-2.json").exists());
+        spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
+        drop(spool);
 
         // Another machine's keyd must not continue this chain.
         let other = keys();
