@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -59,7 +59,8 @@ pub struct Depth {
 /// The disk part: `[u32 length][ciphertext ‖ tag]` records, the nonce a record counter.
 struct Spill {
     path: PathBuf,
-    writer: File,
+    /// Buffered: one write per 64 KiB, not per message (the receive path pays for it).
+    writer: BufWriter<File>,
     reader: BufReader<File>,
     /// A fresh key per spill file, never written anywhere (zeroized on drop).
     cipher: ChaCha20Poly1305,
@@ -249,7 +250,7 @@ impl Backlog {
             .map_err(|_| self.error(std::io::Error::other("no randomness for the queue key")))?;
         Ok(Spill {
             path,
-            writer,
+            writer: BufWriter::with_capacity(64 << 10, writer),
             reader: BufReader::new(reader),
             cipher: ChaCha20Poly1305::new(key.expose().into()),
             written_records: 0,
@@ -278,6 +279,8 @@ impl Backlog {
             path: path.clone(),
             source,
         };
+        // What is still buffered must reach the file before it is read back.
+        spill.writer.flush().map_err(io)?;
         let mut len = [0u8; 4];
         spill.reader.read_exact(&mut len).map_err(io)?;
         let mut sealed = vec![0u8; u32::from_le_bytes(len) as usize];
