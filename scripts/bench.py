@@ -245,16 +245,21 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if not args.no_write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else ""
-        begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-        block = f"{begin}\n{report}\n{end}"
-        if begin in text and end in text:
-            text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-        else:
-            text += "\n" + block + "\n"
-        path.write_text(text)
-        print(f"bench: wrote {path}", file=sys.stderr)
+        print(f"bench: wrote {write_block('bench', report)}", file=sys.stderr)
+
+
+def write_block(name: str, report: str) -> Path:
+    """Replaces the `<!-- NAME:begin -->`…`<!-- NAME:end -->` block of BENCHMARKS.md."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else ""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    path.write_text(text)
+    return path
 
 
 if __name__ == "__main__":

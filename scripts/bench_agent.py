@@ -239,16 +239,8 @@ def main() -> None:
     text = report(data, command)
     print(text)
     if not args.no_write and not args.quick and not args.only:
-        path = ROOT / "BENCHMARKS.md"
-        body = path.read_text()
-        begin, end = "<!-- bench-agent:begin -->", "<!-- bench-agent:end -->"
-        block = f"{begin}\n{text}\n{end}"
-        if begin in body:
-            body = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, body, flags=re.S)
-        else:
-            body += "\n" + block + "\n"
-        path.write_text(body)
-        print(f"bench-agent: wrote {path}", file=sys.stderr)
+        from bench import write_block
+        print(f"bench-agent: wrote {write_block('bench-agent', text)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
