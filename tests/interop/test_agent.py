@@ -180,6 +180,12 @@ def test_topics_become_verified_chains(keyd):
             sequences.append(doc["sequenceNumber"])
         manifest = json.loads((out / name / "manifest.json").read_text())
         assert manifest["machineDid"] == keyd["identity"]["did"]
+    # The encrypted field is nowhere in clear: not in the spool, the chunks, or the logs.
+    secrets = [json.dumps(rospub.make("navsatfix", n).latitude) for n in range(0, counts["gps"], 7)]
+    for path in [*sorted((work / "agent").rglob("*")), log]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(s.encode() in data for s in secrets), f"a latitude in clear in {path}"
     # One sequence for the DID, across topics: no number twice.
     assert len(set(sequences)) == len(sequences)
     imu_chunks = json.loads((out / "imu" / "manifest.json").read_text())["totalChunks"]
