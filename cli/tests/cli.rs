@@ -410,3 +410,42 @@ fn republishing_a_shorter_input_removes_stale_chunks() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn verify_takes_a_directory_of_published_directories() {
+    let keys = Keys::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.bin");
+    std::fs::write(&input, vec![3u8; 2500]).unwrap();
+    let root = tmp.path().join("out");
+    for topic in ["imu", "gps"] {
+        let dir = root.join(topic);
+        let out = keys.publish(&input, &dir, &["--chunk-size", "1000"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let verify = |json: bool| {
+        let mut args = vec!["stream", "verify", "--chunk-dir", root.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        peaqos(&args)
+    };
+    let out = verify(false);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("gps: ✓ 3 chunks valid")
+            && text(&out).contains("imu: ✓ 3 chunks valid")
+    );
+
+    // One tampered chain fails the whole run and is named.
+    let bin = root.join("imu").join("chunk-1.bin");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&bin, bytes).unwrap();
+    let out = verify(true);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["chains"]["gps"]["valid"], true);
+    assert_eq!(report["chains"]["imu"]["index"], 1);
+}
