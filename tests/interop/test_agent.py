@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +42,23 @@ needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: a private network namespace, and the agent run as nobody")
 
 
+_made: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_private_dirs():
+    """The directories below are outside pytest's tmp_path (they must be short and reachable
+    by the agent's user): remove them when the module is done."""
+    yield
+    while _made:
+        shutil.rmtree(_made.pop(), ignore_errors=True)
+
+
 def private_dir(prefix: str) -> Path:
     """A short directory the agent's user can reach (Unix socket paths are short)."""
     d = Path(subprocess.run(["mktemp", "-d", f"/tmp/{prefix}XXXX"], capture_output=True, text=True, check=True).stdout.strip())
     d.chmod(0o755)
+    _made.append(d)
     return d
 
 
