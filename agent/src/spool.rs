@@ -312,15 +312,9 @@ impl TopicSpool {
     pub fn open_packages(&self) -> usize {
         self.open_packages
     }
-    pub fn open_bytes(&self) -> usize {
-        self.open.len()
-    }
     /// The index the open chunk will have.
     pub fn next_index(&self) -> u64 {
         self.linker.next_index()
-    }
-    pub fn output(&self) -> &Path {
-        &self.output
     }
 
     /// Whether the open chunk must close before `incoming` more bytes are added.
