@@ -4,7 +4,10 @@ every rule action and strategy, and the inputs the reference refuses."""
 
 from __future__ import annotations
 
+import math
 import random
+from decimal import Decimal
+from fractions import Fraction
 
 KEYS = ["a", "b", "c", "pos", "name", "secret", "data", "é", "😀", "～", "x.y", "n"]
 CHARS = (
@@ -16,6 +19,25 @@ STRATEGIES = ["hash", "generalize", "redact"]
 
 def rand_string(rng: random.Random) -> str:
     return "".join(rng.choice(CHARS) for _ in range(rng.randint(0, 9)))
+
+
+def is_repr_tie(x: float) -> bool:
+    """Whether x lies exactly halfway between two shortest digit strings (repr takes the even)."""
+    d = Decimal(repr(x))
+    return abs(Fraction(x) - Fraction(d)) * 2 == Fraction(10) ** d.as_tuple().exponent
+
+
+def tie_float(rng: random.Random) -> float:
+    """A double exactly halfway between two shortest digit strings: x = t * 2^(k-1), t odd,
+    with ulp 2^q and k = floor(q log10 2) (ties exist only for q in -77..-2)."""
+    while True:
+        q = rng.randint(-77, -2)
+        k = math.floor(q * math.log10(2))
+        bits = q + 54 - k
+        t = rng.getrandbits(bits) | (1 << (bits - 1)) | 1
+        x = math.ldexp(t, k - 1) * rng.choice([1, -1])
+        if is_repr_tie(x):
+            return x
 
 
 def rand_float(rng: random.Random) -> float:
@@ -96,6 +118,7 @@ def generate(seed: int, count: int, topics: int = 8):
         else:
             topic_docs.append({"topic": f"/t{t}", "type": "std_msgs/msg/String", "field_rules": rules})
     messages = []
+    ties = random.Random(seed + 1)  # a stream of its own: the rest of the corpus stays as it was
     for i in range(count):
         messages.append(
             {
@@ -106,6 +129,8 @@ def generate(seed: int, count: int, topics: int = 8):
                 "schemaVersion": rng.choice(["1", "1.0.0", "v2-é"]),
             }
         )
+        if i % 4 == 0:  # a tie float under a key the rules act on (include, hash, encrypt, ...)
+            messages[-1]["fields"][ties.choice(KEYS)] = tie_float(ties)
     return {"topics": topic_docs}, messages
 
 

@@ -133,7 +133,9 @@ def make(kind, n, size=100):
             header=header(n, "imu_link"),
             orientation=Quaternion(x=math.sin(a), y=0.0, z=math.cos(a), w=1.0),
             orientation_covariance=[0.01 * i for i in range(9)],
-            angular_velocity=Vector3(x=a, y=-a, z=0.5),
+            # A microsecond timestamp as a double: .25 and .75 are exact ties between two
+            # shortest digit strings, which Python's repr breaks to the even digit.
+            angular_velocity=Vector3(x=a, y=-a, z=1700000000123456.25 + 0.5 * n),
             angular_velocity_covariance=[0.0] * 9,
             linear_acceleration=Vector3(x=0.1, y=9.81, z=-n / 3),
             linear_acceleration_covariance=[1e-3] * 9,

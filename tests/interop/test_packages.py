@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from peaq_os_sdk.stream.types.data_package import UnsignedDataPayload
 from peaq_os_sdk.stream.types.field_rule import FieldRule, TopicFieldRules
 
 from conftest import ours
-from gen import generate, snake_rules
+from gen import generate, is_repr_tie, snake_rules
 
 COUNT = 1500
 
@@ -220,3 +221,40 @@ def test_sign_stops_at_the_first_bad_line_without_keep_going(tmp_path, keys):
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert out[0]["sequenceNumber"] == 1 and out[1]["line"] == 2 and out[2]["line"] == 3
     assert "invalid JSON" in out[2]["error"]
+
+
+def test_tie_floats_included_hashed_and_encrypted(tmp_path, keys):
+    """Doubles exactly halfway between two shortest digit strings (a microsecond timestamp
+    ending in .25 or .75): Python's repr takes the even digit. Ours must too, or the reference
+    re-canonicalizes the payload to other bytes and rejects the signature."""
+    ties = [1700000000123456.25, 1700000000123456.75, -233891771783429.62, 2.9802322387695312e-08]
+    for x in ties[:2]:
+        assert is_repr_tie(x), x
+    (tmp_path / "map.yaml").write_text(
+        "topics:\n  - topic: /clock\n    field_rules:\n      rules:\n"
+        "        - field_path: hashed\n          action: anonymize\n          anonymize_strategy: hash\n"
+        "        - field_path: secret\n          action: encrypt\n"
+    )
+    messages = [
+        {"topic": "/clock", "fields": {"t": x, "hashed": x, "secret": {"at": x}, "list": [x, -x]},
+         "capturedAt": "t", "sequenceNumber": i + 1, "schemaVersion": "1"}
+        for i, x in enumerate(ties)
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(m) + "\n" for m in messages))
+    ours(
+        "stream", "sign", "--map", str(tmp_path / "map.yaml"), "--input", str(tmp_path / "in.jsonl"),
+        "--output", str(tmp_path / "out.jsonl"), "--signing-key-file", keys.path("identity.key"),
+        "--field-key-file", keys.path("field.key"), "--did", keys.did, "--key-id", keys.key_id,
+    )
+    field_key = bytes.fromhex(keys.text("field.key"))
+    text = (tmp_path / "out.jsonl").read_text()
+    assert "1700000000123456.2," in text and "1700000000123456.8," in text, text
+    for m, line in zip(messages, text.splitlines()):
+        doc = json.loads(line)
+        x = m["fields"]["t"]
+        result = verify_data_package(package_from_line(doc))
+        assert result.valid, (x, result.reason)
+        # The hash is the reference's hash of the same value, the ciphertext opens to its text.
+        assert doc["payload"]["hashed"]["value"] == "0x" + hashlib.sha256(canonical_json_stringify(x).encode()).hexdigest()
+        assert decrypt_fields(doc["payload"]["secret"], field_key) == {"__decrypted": canonical_json_stringify({"at": x})}
+        assert json.loads(canonical_json_stringify({"at": x}))["at"] == x
