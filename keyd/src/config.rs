@@ -73,18 +73,38 @@ pub struct Config {
     /// Largest batch a request may carry.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// Largest step a new sequence number may take above the last one signed.
+    /// Largest step one batch may move the sequence above the last number signed.
     #[serde(default = "default_max_sequence_jump")]
     pub max_sequence_jump: u64,
     /// How many sequence numbers to reserve per write of the guard's state.
     #[serde(default = "default_sequence_reserve")]
     pub sequence_reserve: u64,
-    /// Requests served at once.
+    /// Requests (and streams) served at once on one connection.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
     /// Per-request timeout, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Largest request body (signing packages, encrypting fields, granting), checked
+    /// before it is decoded; smaller operations have smaller fixed bounds.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Connections open at once, in all (bounded further by the descriptor limit).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one uid.
+    #[serde(default = "default_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// A new connection that sends nothing for this long is closed, milliseconds.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed, milliseconds.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// The audit log (and the chunk ledger) are fsynced this often, milliseconds; records
+    /// are written before every answer either way. 0: fsync before every answer.
+    #[serde(default = "default_audit_fsync_ms")]
+    pub audit_fsync_ms: u64,
     #[serde(default)]
     pub software: Option<SoftwareConfig>,
     #[serde(default)]
@@ -99,7 +119,7 @@ fn default_max_batch() -> usize {
     4096
 }
 fn default_max_sequence_jump() -> u64 {
-    1_000_000_000
+    1_000_000
 }
 fn default_sequence_reserve() -> u64 {
     4096
@@ -109,6 +129,24 @@ fn default_max_concurrent() -> usize {
 }
 fn default_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_request_bytes() -> usize {
+    32 << 20
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_connections_per_uid() -> usize {
+    32
+}
+fn default_header_timeout_ms() -> u64 {
+    5_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_audit_fsync_ms() -> u64 {
+    100
 }
 
 /// A configuration that cannot be used.
@@ -122,10 +160,13 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        crate::files::check_trusted(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -135,18 +176,28 @@ impl Config {
             message,
         };
         let config: Config = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        if config.max_batch == 0
-            || config.sequence_reserve == 0
-            || config.max_concurrent_requests == 0
-        {
-            return Err(invalid(
-                "max_batch, sequence_reserve and max_concurrent_requests must be positive".into(),
-            ));
+        for (name, value) in [
+            ("max_batch", config.max_batch as u64),
+            ("sequence_reserve", config.sequence_reserve),
+            ("max_sequence_jump", config.max_sequence_jump),
+            (
+                "max_concurrent_requests",
+                config.max_concurrent_requests as u64,
+            ),
+            ("max_request_bytes", config.max_request_bytes as u64),
+            ("max_connections", config.max_connections as u64),
+            (
+                "max_connections_per_uid",
+                config.max_connections_per_uid as u64,
+            ),
+            ("header_timeout_ms", config.header_timeout_ms),
+            ("idle_timeout_ms", config.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{name} must be positive")));
+            }
         }
-        for (i, r) in config.recipients.iter().enumerate() {
-            stream::keys::parse_x25519_public_hex("public_key_hex", &r.public_key_hex)
-                .map_err(|e| invalid(format!("recipients[{i}] ({}): {e}", r.id)))?;
-        }
+        crate::server::recipients(&config).map_err(invalid)?;
         if config.backend == BackendKind::Tpm && config.tpm.is_none() {
             return Err(invalid(
                 "backend = \"tpm\" needs a [tpm] table with tcti and blob_dir".into(),

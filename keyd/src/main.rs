@@ -1,14 +1,15 @@
 //! keyd: the key daemon.
 //!
-//!   keyd init --config FILE [--force]    provision keys, print the DID and public keys
-//!   keyd run --config FILE               serve on the configured Unix socket
-//!   keyd identity --socket PATH [--json] ask a running keyd who it is
-//!   keyd audit verify FILE               check an audit log's hash chain
+//!   keyd init --config FILE [--force]         provision keys and the sequence state
+//!   keyd run --config FILE [--sequence-floor N]  serve on the configured Unix socket
+//!   keyd status --config FILE                 how the backend protects each key
+//!   keyd identity --socket PATH [--json]      ask a running keyd who it is
+//!   keyd audit verify --config FILE [--log F] check the audit log's keyed chain
 
-use keyd::{audit, backend, config, harden, server};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use keyd::{audit, backend, config, guard, harden, ledger, server};
 
 #[derive(Parser)]
 #[command(
@@ -23,11 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Provision the configured backend's keys; prints the DID and public keys.
+    /// Provision the configured backend's keys and the sequence state; prints the DID and
+    /// public keys.
     Init {
         #[arg(long)]
         config: PathBuf,
-        /// Replace existing keys (the old identity is lost).
+        /// Replace existing keys (the old identity is lost; its audit log and chunk ledger
+        /// are moved aside).
         #[arg(long)]
         force: bool,
     },
@@ -35,6 +38,11 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Continue the sequence above N when the sequence state is missing or was written
+        /// for other keys (a wiped state directory while the token or TPM kept the keys).
+        /// N must be at or above the last sequence number this machine signed.
+        #[arg(long, value_name = "N")]
+        sequence_floor: Option<u64>,
     },
     /// Report how the configured backend protects each key.
     Status {
@@ -55,8 +63,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain; names the first bad line.
-    Verify { file: PathBuf },
+    /// Check the keyed chain and the checkpoint: names the first bad line, a cut tail or a
+    /// rewritten log. Needs the backend (the MAC key never leaves keyd).
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        /// The log (default: the configured audit_log).
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -69,22 +84,20 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Init { config, force } => init(&config, force),
-        Command::Run { config } => run(&config),
-        Command::Status { config } => status(&config),
-        Command::Identity { socket, json } => identity(&socket, json),
-        Command::Audit(AuditCommand::Verify { file }) => match audit::verify(&file) {
-            Ok(lines) => {
-                eprintln!(
-                    "\u{2713} {}: {lines} lines, hash chain intact",
-                    file.display()
-                );
-                Ok(())
-            }
-            Err(e) => Err((1, format!("{}: {e}", file.display()))),
-        },
-    };
+    // Every subcommand may hold key material (init makes keys; status, audit verify and run
+    // load them): no core dumps, not dumpable, from the start.
+    let result = harden::harden_process()
+        .map_err(|e| (1, e))
+        .and_then(|()| match cli.command {
+            Command::Init { config, force } => init(&config, force),
+            Command::Run {
+                config,
+                sequence_floor,
+            } => run(&config, sequence_floor),
+            Command::Status { config } => status(&config),
+            Command::Identity { socket, json } => identity(&socket, json),
+            Command::Audit(AuditCommand::Verify { config, log }) => audit_verify(&config, log),
+        });
     if let Err((code, message)) = result {
         eprintln!("error: {message}");
         std::process::exit(code);
@@ -97,8 +110,24 @@ fn input(message: impl std::fmt::Display) -> (i32, String) {
     (2, message.to_string())
 }
 
-fn init(path: &std::path::Path, force: bool) -> CmdResult {
+/// Moves `path` aside as `path.replaced-{time}` if it exists; returns where it went.
+fn move_aside(path: &Path) -> Result<Option<PathBuf>, (i32, String)> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let stamp = stream::layout::utc_now_iso8601().replace(':', "");
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".replaced-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).map_err(|e| (1, format!("{}: {e}", path.display())))?;
+    Ok(Some(aside))
+}
+
+fn init(path: &Path, force: bool) -> CmdResult {
     let config = config::Config::load(path).map_err(input)?;
+    // Nothing may serve the old keys' state while it is replaced.
+    let _lock =
+        keyd::files::StateLock::acquire(&config.state_dir).map_err(|e| (1, e.to_string()))?;
     match config.backend {
         config::BackendKind::Software => {
             let software = config
@@ -124,12 +153,32 @@ fn init(path: &std::path::Path, force: bool) -> CmdResult {
         }
     }
     let backend = server::load_backend(&config).map_err(input)?;
-    let address = stream::package::address_of(&backend.identity_public());
+    let did = server::did_of(backend.as_ref());
+    // The state of the keys that were replaced (or of none) no longer applies.
+    if guard::recorded_did(&config.state_dir).as_deref() != Some(did.as_str()) {
+        let mut moved = Vec::new();
+        for old in [
+            config.audit_log.clone(),
+            audit::checkpoint_path(&config.state_dir),
+            ledger::ledger_path(&config.state_dir),
+        ] {
+            if let Some(to) = move_aside(&old)? {
+                moved.push(to.display().to_string());
+            }
+        }
+        if !moved.is_empty() {
+            eprintln!(
+                "keyd init: the old keys' audit log and ledger were moved aside: {}",
+                moved.join(", ")
+            );
+        }
+        guard::create(&config.state_dir, &did).map_err(|e| (1, e.to_string()))?;
+    }
     let summary = serde_json::json!({
-        "did": stream::package::did_of_address(&address),
+        "did": did,
         "identityPublicKeyHex": hex::encode(backend.identity_public().to_encoded_point(false).as_bytes()),
         "chainPublicKeyHex": hex::encode(backend.chain_public()),
-        "machineBoxPublicKeyHex": hex::encode(backend.box_public()),
+        "machineBoxPublicKeyHex": backend.box_public().to_hex(),
         "backend": backend.info().detail,
     });
     println!(
@@ -139,7 +188,7 @@ fn init(path: &std::path::Path, force: bool) -> CmdResult {
     Ok(())
 }
 
-fn status(path: &std::path::Path) -> CmdResult {
+fn status(path: &Path) -> CmdResult {
     let config = config::Config::load(path).map_err(input)?;
     let keys: Vec<serde_json::Value> = match config.backend {
         config::BackendKind::Pkcs11 => {
@@ -174,18 +223,41 @@ fn status(path: &std::path::Path) -> CmdResult {
     }
 }
 
-fn run(path: &std::path::Path) -> CmdResult {
-    harden::harden_process().map_err(|e| (1, e))?;
+fn run(path: &Path, sequence_floor: Option<u64>) -> CmdResult {
     let config = config::Config::load(path).map_err(input)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keyd")
         .build()
         .map_err(|e| (1, e.to_string()))?;
-    runtime.block_on(server::serve(config)).map_err(|e| (1, e))
+    runtime
+        .block_on(server::serve(config, sequence_floor))
+        .map_err(|e| (1, e))
 }
 
-fn identity(socket: &std::path::Path, json: bool) -> CmdResult {
+fn audit_verify(path: &Path, log: Option<PathBuf>) -> CmdResult {
+    let config = config::Config::load(path).map_err(input)?;
+    let backend = server::load_backend(&config).map_err(input)?;
+    let log = log.unwrap_or_else(|| config.audit_log.clone());
+    let checkpoint = audit::checkpoint_path(&config.state_dir);
+    match audit::verify(&log, &checkpoint, backend.audit_key()) {
+        Ok(verified) => {
+            let covered = match verified.checkpointed {
+                Some(n) => format!("the checkpoint covers {n}"),
+                None => "no checkpoint: a cut tail cannot be detected".into(),
+            };
+            eprintln!(
+                "\u{2713} {}: {} lines, keyed chain intact; {covered}",
+                log.display(),
+                verified.lines
+            );
+            Ok(())
+        }
+        Err(e) => Err((1, e.to_string())),
+    }
+}
+
+fn identity(socket: &Path, json: bool) -> CmdResult {
     let client = keyd_proto::client::KeydClient::connect(socket).map_err(|e| (1, e.to_string()))?;
     let id = client.identity();
     let value = serde_json::json!({

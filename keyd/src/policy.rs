@@ -1,5 +1,6 @@
 //! Who may do what: every request is authorized by the caller's Unix credentials
-//! (SO_PEERCRED) against a policy file. Default deny.
+//! (SO_PEERCRED, and the supplementary groups of SO_PEERGROUPS) or, on the TCP listener,
+//! its client certificate, against a policy file. Default deny.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -19,6 +20,31 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation, in the API's order.
+    pub const ALL: [Operation; 6] = [
+        Operation::Identity,
+        Operation::SignPackages,
+        Operation::SignChunkHashes,
+        Operation::NewChunkKeys,
+        Operation::Grant,
+        Operation::EncryptFields,
+    ];
+
+    /// The operation a gRPC method of `keyd.v1.Keyd` performs (`None` for other services:
+    /// health checking and reflection).
+    pub fn of_grpc_path(path: &str) -> Option<Operation> {
+        let method = path.strip_prefix("/keyd.v1.Keyd/")?;
+        Some(match method {
+            "Identity" => Operation::Identity,
+            "SignPackages" | "SignPackagesStream" => Operation::SignPackages,
+            "SignChunkHashes" => Operation::SignChunkHashes,
+            "NewChunkKeys" => Operation::NewChunkKeys,
+            "Grant" => Operation::Grant,
+            "EncryptFields" => Operation::EncryptFields,
+            _ => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Operation::Identity => "identity",
@@ -84,6 +110,7 @@ impl Policy {
             path: path.display().to_string(),
             message,
         };
+        crate::files::check_trusted(path).map_err(|e| error(e.to_string()))?;
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
         let file: PolicyFile = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
         let mut grants = Vec::new();
@@ -138,11 +165,26 @@ impl Policy {
             .any(|g| g.certs.contains(fingerprint) && g.operations.contains(&operation))
     }
 
-    /// Whether a caller with these credentials may perform `operation`.
-    pub fn allows(&self, uid: u32, gid: u32, operation: Operation) -> bool {
-        self.grants.iter().any(|g| {
-            (g.uids.contains(&uid) || g.gids.contains(&gid)) && g.operations.contains(&operation)
-        })
+    /// Whether a caller with these credentials (uid, primary gid, supplementary groups) may
+    /// perform `operation`.
+    pub fn allows(&self, uid: u32, gid: u32, groups: &[u32], operation: Operation) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.operations.contains(&operation) && Self::matches(g, uid, gid, groups))
+    }
+
+    /// Whether the policy allows these credentials anything at all (callers it allows
+    /// nothing are turned away when they connect).
+    pub fn allows_anything(&self, uid: u32, gid: u32, groups: &[u32]) -> bool {
+        self.grants
+            .iter()
+            .any(|g| !g.operations.is_empty() && Self::matches(g, uid, gid, groups))
+    }
+
+    fn matches(grant: &Grant, uid: u32, gid: u32, groups: &[u32]) -> bool {
+        grant.uids.contains(&uid)
+            || grant.gids.contains(&gid)
+            || groups.iter().any(|g| grant.gids.contains(g))
     }
 }
 
@@ -171,10 +213,11 @@ mod tests {
         let path = dir.path().join("p.toml");
         std::fs::write(&path, "[[allow]]\nuids = [1000]\noperations = [\"sign_packages\", \"identity\"]\n[[allow]]\nusers = [\"root\"]\noperations = [\"grant\"]\n").unwrap();
         let policy = Policy::load(&path).unwrap();
-        assert!(policy.allows(1000, 5, Operation::SignPackages));
-        assert!(!policy.allows(1000, 5, Operation::Grant));
-        assert!(policy.allows(0, 0, Operation::Grant));
-        assert!(!policy.allows(1001, 1001, Operation::Identity));
+        assert!(policy.allows(1000, 5, &[], Operation::SignPackages));
+        assert!(!policy.allows(1000, 5, &[], Operation::Grant));
+        assert!(policy.allows(0, 0, &[], Operation::Grant));
+        assert!(!policy.allows(1001, 1001, &[], Operation::Identity));
+        assert!(!policy.allows_anything(1001, 1001, &[5, 6]));
         std::fs::write(
             &path,
             "[[allow]]\nuids = [1]\noperations = [\"sign_everything\"]\n",
@@ -194,6 +237,50 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         assert!(!Policy::load(&path)
             .unwrap()
-            .allows(0, 0, Operation::Identity));
+            .allows(0, 0, &[], Operation::Identity));
+    }
+
+    /// A group in the policy matches a caller who has it as a supplementary group, not only
+    /// as its primary group.
+    #[test]
+    fn supplementary_groups_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[[allow]]\ngids = [4242]\noperations = [\"grant\"]\n",
+        )
+        .unwrap();
+        let policy = Policy::load(&path).unwrap();
+        assert!(policy.allows(1000, 4242, &[], Operation::Grant));
+        assert!(policy.allows(1000, 1000, &[27, 4242], Operation::Grant));
+        assert!(!policy.allows(1000, 1000, &[27], Operation::Grant));
+        assert!(policy.allows_anything(1000, 1000, &[4242]));
+    }
+
+    #[test]
+    fn grpc_paths_name_operations() {
+        assert_eq!(
+            Operation::of_grpc_path("/keyd.v1.Keyd/SignPackagesStream"),
+            Some(Operation::SignPackages)
+        );
+        assert_eq!(
+            Operation::of_grpc_path("/grpc.health.v1.Health/Check"),
+            None
+        );
+        assert_eq!(Operation::of_grpc_path("/keyd.v1.Keyd/SignAnything"), None);
+        for (method, op) in [
+            ("Identity", Operation::Identity),
+            ("SignPackages", Operation::SignPackages),
+            ("SignChunkHashes", Operation::SignChunkHashes),
+            ("NewChunkKeys", Operation::NewChunkKeys),
+            ("Grant", Operation::Grant),
+            ("EncryptFields", Operation::EncryptFields),
+        ] {
+            assert_eq!(
+                Operation::of_grpc_path(&format!("/keyd.v1.Keyd/{method}")),
+                Some(op)
+            );
+        }
     }
 }

@@ -24,6 +24,13 @@ fn envelope(did: &str, seq: u64) -> Vec<u8> {
     .unwrap()
 }
 
+fn chunk<'a>(hash: &'a str, commitment: &'a str) -> ChunkToSign<'a> {
+    ChunkToSign {
+        encrypted_data_hash: hash,
+        key_commitment: commitment,
+    }
+}
+
 fn refused(result: Result<impl std::fmt::Debug, SignerError>, needle: &str) {
     match result {
         Err(SignerError::Refused(message)) => assert!(
@@ -54,7 +61,7 @@ fn pkcs11_signatures_verify_and_keys_stay_in_the_token() {
     );
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     let keys = report["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 4);
+    assert_eq!(keys.len(), 5, "the four keys and the audit HMAC key");
     for key in keys {
         assert_eq!(
             (
@@ -129,7 +136,8 @@ fn signatures_verify_on(daemon: &Daemon, backend: &str) {
 
     // Chunk hashes: Ed25519 with the chain key.
     let hash = stream::hexenc::sha256_0x(b"chunk");
-    let signature = client.sign_chunk_hashes(&[hash.as_str()]).unwrap()[0];
+    let commitment = stream::hexenc::key_commitment(&[5; 32]);
+    let signature = client.sign_chunks(&[chunk(&hash, &commitment)]).unwrap()[0];
     let chain = ed25519_dalek::VerifyingKey::from_bytes(
         &hex::decode(&client.identity().chain_public_key_hex)
             .unwrap()
@@ -204,8 +212,17 @@ fn the_identity_and_chain_keys_refuse_anything_else() {
     let upper = stream::hexenc::sha256_0x(b"x")
         .to_uppercase()
         .replace("0X", "0x");
-    refused(client.sign_chunk_hashes(&[upper.as_str()]), "lowercase");
-    refused(client.sign_chunk_hashes(&["hello"]), "hash 0");
+    let commitment = stream::hexenc::key_commitment(&[5; 32]);
+    refused(
+        client.sign_chunks(&[chunk(&upper, &commitment)]),
+        "lowercase",
+    );
+    refused(client.sign_chunks(&[chunk("hello", &commitment)]), "hash 0");
+    let hash = stream::hexenc::sha256_0x(b"x");
+    refused(
+        client.sign_chunks(&[chunk(&hash, "sha256:00")]),
+        "keyCommitment",
+    );
 }
 
 #[test]
@@ -261,11 +278,9 @@ fn callers_outside_the_policy_are_denied_and_audited() {
         Ok(_) => panic!("allowed"),
     };
     denied(client.sign_envelopes(&[&envelope(&did, 1)]).map(|_| ()));
-    denied(
-        client
-            .sign_chunk_hashes(&[stream::hexenc::sha256_0x(b"x").as_str()])
-            .map(|_| ()),
-    );
+    let hash = stream::hexenc::sha256_0x(b"x");
+    let commitment = stream::hexenc::key_commitment(&[5; 32]);
+    denied(client.sign_chunks(&[chunk(&hash, &commitment)]).map(|_| ()));
     denied(client.new_chunk_keys(1).map(|_| ()));
     denied(client.encrypt_fields(&[b"1".as_slice()]).map(|_| ()));
     let buyer = stream::access::BuyerIdentity::new("b", &"11".repeat(32)).unwrap();
@@ -313,53 +328,73 @@ fn another_uid_is_denied_by_peer_credentials() {
 }
 
 #[test]
-fn the_audit_chain_verifies_and_catches_edits() {
-    let daemon = Daemon::start();
+fn the_audit_chain_is_keyed_and_catches_edits_cuts_and_rewrites() {
+    let mut daemon = Daemon::start();
     let client = daemon.client();
     let did = client.did().to_string();
     for seq in 1..=3 {
         client.sign_envelopes(&[&envelope(&did, seq)]).unwrap();
     }
-    let _ = client.sign_chunk_hashes(&["nope"]);
+    let _ = client.sign_chunks(&[chunk("nope", "sha256:00")]);
+    drop(client);
+    daemon.stop(); // the checkpoint is written at shutdown
     let audit = daemon.path("state/audit.jsonl");
     let verify = |path: &Path| {
-        Command::new(KEYD)
-            .args(["audit", "verify"])
+        let out = Command::new(KEYD)
+            .envs(daemon.env())
+            .args(["audit", "verify", "--config"])
+            .arg(daemon.path("keyd.toml"))
+            .arg("--log")
             .arg(path)
             .output()
-            .unwrap()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let out = verify(&audit);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stderr) = verify(&audit);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the checkpoint covers"), "{stderr}");
     let text = std::fs::read_to_string(&audit).unwrap();
     assert!(text.contains("\"op\":\"sign_chunk_hashes\"") && text.contains("InvalidArgument"));
-    let lines: Vec<&str> = text.lines().collect();
-    let edited = daemon.path("edited.jsonl");
-    let mut copy: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-    copy[2] = copy[2].replace("\"batch\":1", "\"batch\":2");
-    std::fs::write(&edited, copy.join("\n") + "\n").unwrap();
-    let out = verify(&edited);
-    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let write = |name: &str, kept: &[String]| {
+        let path = daemon.path(name);
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+        path
+    };
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replace("\"batch\":1", "\"batch\":2");
+    let (code, stderr) = verify(&write("edited.jsonl", &edited));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("line 3"), "{stderr}");
+    let mut deleted = lines.clone();
+    deleted.remove(1);
+    let (code, stderr) = verify(&write("deleted.jsonl", &deleted));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("line 2"), "{stderr}");
+    // The last lines cut: what is left verifies line by line, but not against the checkpoint.
+    let (code, stderr) = verify(&write("cut.jsonl", &lines[..lines.len() - 2]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("truncated"), "{stderr}");
+    // The whole log rewritten with an unkeyed hash chain (what the old format allowed).
+    let rewritten: Vec<String> = lines
+        .iter()
+        .map(|l| l.replace("\"result\":\"ok\"", "\"result\":\"nothing\""))
+        .collect();
+    let (code, stderr) = verify(&write("rewritten.jsonl", &rewritten));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("MAC"), "{stderr}");
+    // keyd refuses to continue a log that was cut.
+    write("state/audit.jsonl", &lines[..2]);
+    let out = daemon.keyd("run");
+    assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("line 4"),
+        String::from_utf8_lossy(&out.stderr).contains("truncated"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deleted = daemon.path("deleted.jsonl");
-    let kept: Vec<&str> = lines
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, l)| *l)
-        .collect();
-    std::fs::write(&deleted, kept.join("\n") + "\n").unwrap();
-    let out = verify(&deleted);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
 
 #[test]
@@ -380,7 +415,7 @@ fn no_core_dumps_and_no_key_bytes_in_any_output() {
     let did = client.did().to_string();
     client.sign_envelopes(&[&envelope(&did, 1)]).unwrap();
     let _ = client.sign_envelopes(&[&envelope(&did, 1)]);
-    let _ = client.sign_chunk_hashes(&["bad"]);
+    let _ = client.sign_chunks(&[chunk("bad", "sha256:00")]);
     let _ = client.new_chunk_keys(2).unwrap();
     let debug = format!("{client:?}");
     drop(client);

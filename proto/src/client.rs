@@ -123,13 +123,26 @@ impl KeydClient {
 
     /// Where keyd will continue the sequence now.
     pub fn next_sequence_number(&self) -> Result<u64, SignerError> {
-        let mut raw = self.raw.clone();
         Ok(self
-            .runtime
-            .block_on(raw.identity(v1::IdentityRequest {}))
-            .map_err(status_error)?
-            .into_inner()
+            .call(v1::IdentityRequest {}, |mut raw, r| async move {
+                raw.identity(r).await
+            })?
             .next_sequence_number)
+    }
+
+    /// One blocking call on a clone of the channel, keyd's status mapped to a signer error.
+    fn call<Req, Resp, Fut>(
+        &self,
+        request: Req,
+        method: impl FnOnce(Raw<Channel>, Req) -> Fut,
+    ) -> Result<Resp, SignerError>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.runtime
+            .block_on(method(self.raw.clone(), request))
+            .map(tonic::Response::into_inner)
+            .map_err(status_error)
     }
 }
 
@@ -164,15 +177,14 @@ impl PackageSigner for KeydClient {
         &self.identity.did
     }
     fn sign_envelopes(&self, envelopes: &[&[u8]]) -> Result<Vec<[u8; 65]>, SignerError> {
-        let mut raw = self.raw.clone();
         let request = v1::SignPackagesRequest {
             envelopes: envelopes.iter().map(|e| e.to_vec()).collect(),
         };
         let signatures = self
-            .runtime
-            .block_on(raw.sign_packages(request))
-            .map_err(status_error)?
-            .into_inner()
+            .call(
+                request,
+                |mut raw, r| async move { raw.sign_packages(r).await },
+            )?
             .signatures;
         count_check(signatures.len(), envelopes.len())?;
         signatures
@@ -186,18 +198,23 @@ impl ChunkHashSigner for KeydClient {
     fn chunk_signer(&self) -> &ChunkSignerIdentity {
         &self.chunk_signer
     }
-    fn sign_chunk_hashes(&self, hashes: &[&str]) -> Result<Vec<[u8; 64]>, SignerError> {
-        let mut raw = self.raw.clone();
+    fn sign_chunks(&self, chunks: &[ChunkToSign<'_>]) -> Result<Vec<[u8; 64]>, SignerError> {
         let request = v1::SignChunkHashesRequest {
-            hashes: hashes.iter().map(|h| h.to_string()).collect(),
+            hashes: chunks
+                .iter()
+                .map(|c| c.encrypted_data_hash.to_string())
+                .collect(),
+            key_commitments: chunks
+                .iter()
+                .map(|c| c.key_commitment.to_string())
+                .collect(),
         };
         let signatures = self
-            .runtime
-            .block_on(raw.sign_chunk_hashes(request))
-            .map_err(status_error)?
-            .into_inner()
+            .call(request, |mut raw, r| async move {
+                raw.sign_chunk_hashes(r).await
+            })?
             .signatures;
-        count_check(signatures.len(), hashes.len())?;
+        count_check(signatures.len(), chunks.len())?;
         signatures
             .into_iter()
             .map(|s| fixed::<64>(s, "chunk signature"))
@@ -207,14 +224,13 @@ impl ChunkHashSigner for KeydClient {
 
 impl ChunkKeySource for KeydClient {
     fn new_chunk_keys(&self, count: usize) -> Result<Vec<ChunkKey>, SignerError> {
-        let mut raw = self.raw.clone();
         let count32 = u32::try_from(count)
             .map_err(|_| SignerError::Refused("too many chunk keys at once".into()))?;
         let keys = self
-            .runtime
-            .block_on(raw.new_chunk_keys(v1::NewChunkKeysRequest { count: count32 }))
-            .map_err(status_error)?
-            .into_inner()
+            .call(
+                v1::NewChunkKeysRequest { count: count32 },
+                |mut raw, r| async move { raw.new_chunk_keys(r).await },
+            )?
             .keys;
         count_check(keys.len(), count)?;
         keys.into_iter()
@@ -225,8 +241,11 @@ impl ChunkKeySource for KeydClient {
                 })?;
                 Ok(ChunkKey {
                     key: Secret32::from_bytes(key),
-                    commitment: k.key_commitment,
-                    recipients: k.recipients.into_iter().map(recipient_from).collect(),
+                    commitment: std::mem::take(&mut k.key_commitment),
+                    recipients: std::mem::take(&mut k.recipients)
+                        .into_iter()
+                        .map(recipient_from)
+                        .collect(),
                 })
             })
             .collect()
@@ -239,7 +258,6 @@ impl ChunkKeyGranter for KeydClient {
         chunks: &[ChunkEnvelope],
         buyer: &BuyerIdentity,
     ) -> Result<Vec<BuyerAccessEntry>, SignerError> {
-        let mut raw = self.raw.clone();
         let envelopes = chunks
             .iter()
             .map(|c| serde_json::to_vec(c).map_err(|e| SignerError::Unavailable(e.to_string())))
@@ -250,10 +268,7 @@ impl ChunkKeyGranter for KeydClient {
             buyer_public_key_hex: buyer.public_key_hex.clone(),
         };
         let entries = self
-            .runtime
-            .block_on(raw.grant(request))
-            .map_err(status_error)?
-            .into_inner()
+            .call(request, |mut raw, r| async move { raw.grant(r).await })?
             .entries;
         count_check(entries.len(), chunks.len())?;
         entries
@@ -272,15 +287,14 @@ impl ChunkKeyGranter for KeydClient {
 
 impl FieldEncryptor for KeydClient {
     fn encrypt_fields(&self, plaintexts: &[&[u8]]) -> Result<Vec<String>, SignerError> {
-        let mut raw = self.raw.clone();
         let request = v1::EncryptFieldsRequest {
             plaintexts: plaintexts.iter().map(|p| p.to_vec()).collect(),
         };
         let ciphertexts = self
-            .runtime
-            .block_on(raw.encrypt_fields(request))
-            .map_err(status_error)?
-            .into_inner()
+            .call(
+                request,
+                |mut raw, r| async move { raw.encrypt_fields(r).await },
+            )?
             .ciphertexts;
         count_check(ciphertexts.len(), plaintexts.len())?;
         Ok(ciphertexts)

@@ -10,6 +10,14 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("keyd.v1");
 
+    /// The plaintext chunk key is wiped when the message is dropped (prost and tonic's own
+    /// encode and decode buffers are not ours to wipe).
+    impl Drop for ChunkKey {
+        fn drop(&mut self) {
+            zeroize::Zeroize::zeroize(&mut self.key);
+        }
+    }
+
     impl std::fmt::Debug for ChunkKey {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("ChunkKey")

@@ -38,7 +38,12 @@ fn rate(bytes: usize, mut f: impl FnMut()) -> f64 {
 fn signer_sign(signer: &LocalChunkSigner) -> [u8; 64] {
     use stream::signer::ChunkHashSigner;
     signer
-        .sign_chunk_hashes(&["0x5df6e0e2761359d30a8275058e299fcc0381534545f55cf43e41983f5d4c9456"])
+        .sign_chunks(&[stream::signer::ChunkToSign {
+            encrypted_data_hash:
+                "0x5df6e0e2761359d30a8275058e299fcc0381534545f55cf43e41983f5d4c9456",
+            key_commitment:
+                "sha256:5df6e0e2761359d30a8275058e299fcc0381534545f55cf43e41983f5d4c9456",
+        }])
         .unwrap()[0]
 }
 
@@ -90,7 +95,7 @@ fn main() {
         black_box(seal_chunk(data.clone(), key, &signer, 0).unwrap());
     });
 
-    let recipient = BoxKey::from_secret(&Secret32::from_bytes([6; 32])).public_key();
+    let recipient = BoxKey::from_secret(&Secret32::from_bytes([6; 32])).box_public_key();
     let chunk_key = Secret32::from_bytes([8; 32]);
     let seal_us = 1.0
         / rate(1, || {

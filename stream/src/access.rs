@@ -31,7 +31,8 @@ pub struct BuyerIdentity {
     pub recipient_id: String,
     /// As given (written into entries and file names unchanged, like the reference).
     pub public_key_hex: String,
-    pub public_key: [u8; 32],
+    /// Never a low-order point.
+    pub public_key: keys::BoxPublicKey,
 }
 
 impl BuyerIdentity {

@@ -189,6 +189,10 @@ impl BoxKey {
     pub fn public_key(&self) -> [u8; 32] {
         x25519_dalek::PublicKey::from(&self.secret).to_bytes()
     }
+    /// The public key as a key to seal to (never low-order: it is a multiple of the base point).
+    pub fn box_public_key(&self) -> BoxPublicKey {
+        BoxPublicKey(self.public_key())
+    }
     pub fn public_key_hex(&self) -> String {
         hex::encode(self.public_key())
     }
@@ -205,9 +209,57 @@ impl fmt::Debug for BoxKey {
     }
 }
 
-/// Validates an X25519 public key given as hex (optional `0x`), returning its bytes.
-pub fn parse_x25519_public_hex(field: &str, text: &str) -> Result<[u8; 32], hexenc::HexError> {
-    hexenc::decode_array::<32>(field, text.trim())
+/// An X25519 public key that is safe to seal to: 32 bytes and not a low-order point.
+///
+/// A low-order point (the all-zero key, for one) makes every Diffie-Hellman result with it
+/// zero, so a box sealed to it opens for anyone. libsodium refuses such keys; so do we,
+/// wherever a key is configured or a box is sealed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BoxPublicKey([u8; 32]);
+
+/// What [`BoxPublicKey::from_bytes`] refuses.
+pub const LOW_ORDER_REASON: &str =
+    "a low-order X25519 point: every shared secret with it is zero, so anyone could open a box sealed to it";
+
+impl BoxPublicKey {
+    /// The key, unless it is a low-order point.
+    pub fn from_bytes(bytes: [u8; 32]) -> Option<Self> {
+        (!is_low_order(&bytes)).then_some(BoxPublicKey(bytes))
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for BoxPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BoxPublicKey({})", self.to_hex())
+    }
+}
+
+/// Whether every X25519 result with `point` is zero. A clamped scalar is a multiple of the
+/// cofactor 8, so it kills the small-order component of any point: the result is zero
+/// exactly when the point has small order (the check libsodium makes after each scalar
+/// multiplication), whatever the scalar.
+pub fn is_low_order(point: &[u8; 32]) -> bool {
+    const PROBE: [u8; 32] = [
+        0x5d, 0xab, 0x08, 0x7e, 0x62, 0x4a, 0x8a, 0x4b, 0x79, 0xe1, 0x7f, 0x8b, 0x83, 0x80, 0x0e,
+        0xe6, 0x6f, 0x3b, 0xb1, 0x29, 0x26, 0x18, 0xb6, 0xfd, 0x1c, 0x2f, 0x8b, 0x27, 0xff, 0x88,
+        0xe0, 0xeb,
+    ];
+    x25519_dalek::x25519(PROBE, *point) == [0u8; 32]
+}
+
+/// Parses an X25519 public key given as hex (optional `0x`), refusing low-order points.
+pub fn parse_x25519_public_hex(field: &str, text: &str) -> Result<BoxPublicKey, hexenc::HexError> {
+    let bytes = hexenc::decode_array::<32>(field, text.trim())?;
+    BoxPublicKey::from_bytes(bytes).ok_or_else(|| hexenc::HexError {
+        field: field.to_string(),
+        reason: LOW_ORDER_REASON,
+    })
 }
 
 #[cfg(test)]
@@ -226,6 +278,35 @@ mod tests {
         );
         assert!(!shown.to_lowercase().contains(&"ab".repeat(32)), "{shown}");
         assert!(!shown.contains("171, 171"), "{shown}");
+    }
+
+    /// The low-order points of Curve25519 (libsodium's blocklist: 0, 1, the two points of
+    /// order 8, p - 1, and the non-canonical p and p + 1): all refused, and real keys accepted.
+    #[test]
+    fn low_order_public_keys_are_refused() {
+        let mut low = vec![[0u8; 32]];
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        low.push(one);
+        for hex_point in [
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ] {
+            low.push(hex::decode(hex_point).unwrap().try_into().unwrap());
+        }
+        for point in &low {
+            assert!(is_low_order(point), "{}", hex::encode(point));
+            let err = parse_x25519_public_hex("owner", &hex::encode(point)).unwrap_err();
+            assert!(err.to_string().starts_with("owner: a low-order"), "{err}");
+        }
+        for i in 1..50u8 {
+            let key = BoxKey::from_secret(&Secret32::from_bytes([i; 32]));
+            assert!(!is_low_order(&key.public_key()));
+            assert!(parse_x25519_public_hex("k", &key.public_key_hex()).is_ok());
+        }
     }
 
     #[test]

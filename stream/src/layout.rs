@@ -5,7 +5,6 @@
 //! always has its ciphertext.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -115,16 +114,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
     }
 }
 
-/// Whether writes are flushed to stable storage before the rename.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Atomic against readers; the page cache decides when it reaches the disk.
-    Atomic,
-    /// Atomic and fsynced (file, then directory): survives power loss once returned.
-    Synced,
-}
+pub use crate::fsio::Durability;
 
-/// Writes `bytes` to `dir/name` atomically.
+/// Writes `bytes` to `dir/name` atomically ([`crate::fsio::write_atomic`]).
 pub fn write_atomic(
     dir: &Path,
     name: &str,
@@ -132,24 +124,7 @@ pub fn write_atomic(
     durability: Durability,
 ) -> Result<(), LayoutError> {
     let target = dir.join(name);
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        if durability == Durability::Synced {
-            file.sync_all()?;
-        }
-        drop(file);
-        fs::rename(&temp, &target)?;
-        if durability == Durability::Synced {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(io_error(&target))
+    crate::fsio::write_atomic(&target, bytes, durability).map_err(io_error(&target))
 }
 
 /// Writes one chunk: `chunk-{i}.bin`, then `chunk-{i}.json`.

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod chain;
+pub mod fsio;
 pub mod hexenc;
 pub mod json;
 pub mod keys;

@@ -82,18 +82,22 @@ impl ChunkHashSigner for LocalChunkSigner {
     fn chunk_signer(&self) -> &ChunkSignerIdentity {
         &self.identity
     }
-    fn sign_chunk_hashes(&self, hashes: &[&str]) -> Result<Vec<[u8; 64]>, SignerError> {
-        hashes
+    fn sign_chunks(&self, chunks: &[ChunkToSign<'_>]) -> Result<Vec<[u8; 64]>, SignerError> {
+        chunks
             .iter()
             .enumerate()
-            .map(|(index, h)| {
-                if !hexenc::is_0x_sha256_lower(h) {
+            .map(|(index, chunk)| {
+                if !hexenc::is_0x_sha256_lower(chunk.encrypted_data_hash) {
                     return Err(SignerError::Item {
                         index,
-                        reason: "not 0x + 64 lowercase hex digits".into(),
+                        reason: "encryptedDataHash is not 0x + 64 lowercase hex digits".into(),
                     });
                 }
-                Ok(self.key.signing_key().sign(h.as_bytes()).to_bytes())
+                Ok(self
+                    .key
+                    .signing_key()
+                    .sign(chunk.encrypted_data_hash.as_bytes())
+                    .to_bytes())
             })
             .collect()
     }
@@ -106,7 +110,7 @@ pub struct RecipientSpec {
     pub recipient_type: String,
     /// As given by the operator: copied into envelopes unchanged (FORMATS.md §4).
     pub public_key_hex: String,
-    pub public_key: [u8; 32],
+    pub public_key: crate::keys::BoxPublicKey,
 }
 
 impl RecipientSpec {

@@ -2,20 +2,26 @@
 
 use crypto_box::aead::OsRng;
 
-use crate::keys::{BoxKey, KeyError, Secret32};
+use crate::keys::{self, BoxKey, BoxPublicKey, KeyError, Secret32};
 
 /// Length of a sealed 32-byte key: ephemeral public key (32) + box (32 + 16).
 pub const SEALED_KEY_LEN: usize = 80;
 
-/// Seals `key` to `recipient` (ephemeral pk ‖ box; nonce = BLAKE2b-192(epk ‖ pk)).
-pub fn seal_key(key: &Secret32, recipient: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
-    crypto_box::PublicKey::from(*recipient)
+/// Seals `key` to `recipient` (ephemeral pk ‖ box; nonce = BLAKE2b-192(epk ‖ pk)). The
+/// recipient is never a low-order point ([`BoxPublicKey`] refuses them).
+pub fn seal_key(key: &Secret32, recipient: &BoxPublicKey) -> Result<Vec<u8>, KeyError> {
+    crypto_box::PublicKey::from(*recipient.as_bytes())
         .seal(&mut OsRng, key.expose())
         .map_err(|_| KeyError::Randomness)
 }
 
-/// Opens a sealed chunk key; `None` when it was not sealed to `key` or is not 32 bytes.
+/// Opens a sealed chunk key; `None` when it was not sealed to `key`, is not 32 bytes, or
+/// carries a low-order ephemeral key (whose shared secret is zero: anyone could have made it).
 pub fn open_key(sealed: &[u8], key: &BoxKey) -> Option<Secret32> {
+    let epk: &[u8; 32] = sealed.get(..32)?.try_into().ok()?;
+    if keys::is_low_order(epk) {
+        return None;
+    }
     let secret = crypto_box::SecretKey::from(*key.secret_bytes());
     let opened = zeroize::Zeroizing::new(secret.unseal(sealed).ok()?);
     let bytes: [u8; 32] = opened.as_slice().try_into().ok()?;
@@ -74,7 +80,7 @@ mod tests {
                 [i.wrapping_mul(7).wrapping_add(1); 32],
             ));
             let key = Secret32::from_bytes([i; 32]);
-            let sealed = seal_key(&key, &me.public_key()).unwrap();
+            let sealed = seal_key(&key, &me.box_public_key()).unwrap();
             let dh = |epk: &[u8; 32]| -> Result<_, ()> {
                 Ok(zeroize::Zeroizing::new(x25519_dalek::x25519(
                     *me.secret_bytes(),
@@ -112,10 +118,42 @@ mod tests {
         let me = BoxKey::from_secret(&Secret32::from_bytes([9; 32]));
         let other = BoxKey::from_secret(&Secret32::from_bytes([8; 32]));
         let key = Secret32::from_bytes([1; 32]);
-        let sealed = seal_key(&key, &me.public_key()).unwrap();
+        let sealed = seal_key(&key, &me.box_public_key()).unwrap();
         assert_eq!(sealed.len(), SEALED_KEY_LEN);
         assert_eq!(open_key(&sealed, &me).unwrap().expose(), key.expose());
         assert!(open_key(&sealed, &other).is_none());
         assert!(open_key(&sealed[..40], &me).is_none());
+    }
+
+    /// A box whose ephemeral key is a low-order point has a zero shared secret: anyone can
+    /// make one, so it proves nothing about who sealed it. Both openers refuse it.
+    #[test]
+    fn boxes_with_a_low_order_ephemeral_key_are_refused() {
+        use crypto_secretbox::aead::{Aead, KeyInit};
+        let me = BoxKey::from_secret(&Secret32::from_bytes([9; 32]));
+        let epk = [0u8; 32];
+        // What a forger makes: key = HSalsa20(0), nonce = BLAKE2b-192(epk ‖ pk).
+        use blake2::digest::{Update, VariableOutput};
+        let mut nonce = [0u8; 24];
+        let mut hasher = blake2::Blake2bVar::new(24).unwrap();
+        hasher.update(&epk);
+        hasher.update(&me.public_key());
+        hasher.finalize_variable(&mut nonce).unwrap();
+        let key =
+            salsa20::hsalsa::<salsa20::cipher::consts::U10>(&[0u8; 32].into(), &Default::default());
+        let boxed = crypto_secretbox::XSalsa20Poly1305::new(&key)
+            .encrypt((&nonce).into(), &[7u8; 32][..])
+            .unwrap();
+        let forged = [&epk[..], &boxed].concat();
+        assert!(open_key(&forged, &me).is_none());
+        let dh = |p: &[u8; 32]| -> Result<_, ()> {
+            Ok(zeroize::Zeroizing::new(x25519_dalek::x25519(
+                *me.secret_bytes(),
+                *p,
+            )))
+        };
+        assert!(open_key_with(&forged, &me.public_key(), dh)
+            .unwrap()
+            .is_none());
     }
 }

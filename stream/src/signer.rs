@@ -40,11 +40,23 @@ pub struct ChunkSignerIdentity {
     pub public_key_hex: String,
 }
 
+/// A chunk to sign: the `encryptedDataHash` the signature covers and the `keyCommitment` of
+/// the key the chunk was sealed with. The signature covers the hash alone (FORMATS.md §4);
+/// keyd records the pair, so that it re-wraps a key for a buyer only for the chunk the key
+/// was made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkToSign<'a> {
+    /// `0x` + 64 lowercase hex digits.
+    pub encrypted_data_hash: &'a str,
+    /// `sha256:` + 64 lowercase hex digits.
+    pub key_commitment: &'a str,
+}
+
 /// Signs chunk `encryptedDataHash` strings with the chain key (Ed25519).
 pub trait ChunkHashSigner: Send + Sync {
     fn chunk_signer(&self) -> &ChunkSignerIdentity;
-    /// One 64-byte Ed25519 signature per `0x` + 64-hex hash string, in order.
-    fn sign_chunk_hashes(&self, hashes: &[&str]) -> Result<Vec<[u8; 64]>, SignerError>;
+    /// One 64-byte Ed25519 signature over each chunk's `encryptedDataHash`, in order.
+    fn sign_chunks(&self, chunks: &[ChunkToSign<'_>]) -> Result<Vec<[u8; 64]>, SignerError>;
 }
 
 /// A fresh chunk key, its commitment, and its sealed copies for the configured recipients.

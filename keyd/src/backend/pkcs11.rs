@@ -1,5 +1,8 @@
 //! The PKCS#11 backend: every key generated in the token, sensitive and non-extractable.
 //! SoftHSM in tests; an HSM or tpm2-pkcs11 in the field. One logged-in session per core.
+//! Besides the four keys, the token holds the audit log's HMAC key (`{prefix}-audit`, the
+//! log's MAC key is an HMAC by it, made at start) and a data object with the sequence
+//! guard's ceiling (`{prefix}-sequence`), which survives a wiped state directory.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,9 +20,11 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 use serde::Deserialize;
+use stream::keys::{BoxPublicKey, Secret32};
 use zeroize::Zeroizing;
 
 use super::{Backend, BackendError, BackendInfo};
+use crate::harden::Locked;
 
 const SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
@@ -56,21 +61,17 @@ fn default_prefix() -> String {
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(format!("pkcs11: {what}: {e}"))
+    BackendError::failed("pkcs11", what, e)
 }
+
+/// What the token's HMAC of this label gives: the audit log's MAC key.
+const AUDIT_LABEL: &[u8] = b"keyd audit log v1";
 
 fn read_pin(config: &Pkcs11Config) -> Result<AuthPin, BackendError> {
     let pin = match (&config.pin_file, &config.pin_env) {
         (Some(path), None) => {
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(path)
-                .map_err(|e| failed(&format!("pin_file {}", path.display()), e))?;
-            if meta.mode() & 0o077 != 0 {
-                return Err(failed(
-                    &format!("pin_file {}", path.display()),
-                    "must not be readable by group or others (chmod 600)",
-                ));
-            }
+            crate::files::check_private(path)
+                .map_err(|e| BackendError::setup("pkcs11", format!("pin_file: {e}")))?;
             Zeroizing::new(
                 std::fs::read_to_string(path)
                     .map_err(|e| failed(&format!("pin_file {}", path.display()), e))?,
@@ -179,14 +180,29 @@ pub fn generate(config: &Pkcs11Config, force: bool) -> Result<(), BackendError> 
         .open_rw_session(slot)
         .map_err(|e| failed("session", e))?;
     login(&session, &read_pin(config)?)?;
-    for role in ["identity", "chain", "box", "field"] {
-        let existing = session
+    let existing = |role: &str| {
+        session
             .find_objects(&[Attribute::Label(label(config, role))])
-            .map_err(|e| failed("find objects", e))?;
-        if !existing.is_empty() && !force {
-            return Err(failed("init", format!("the token already holds {role} keys; keyd init never replaces keys without --force")));
+            .map_err(|e| failed("find objects", e))
+    };
+    let keys_exist = existing("identity")?.len() + existing("chain")?.len() > 0;
+    if keys_exist && !force {
+        // Keys made by an earlier keyd: add what it did not make, replace nothing.
+        if existing("audit")?.is_empty()
+            && ["identity", "chain", "box", "field"]
+                .iter()
+                .all(|r| existing(r).is_ok_and(|o| !o.is_empty()))
+        {
+            generate_audit_key(&session, config)?;
+            return Ok(());
         }
-        for object in existing {
+        return Err(BackendError::setup(
+            "pkcs11",
+            "the token already holds keyd's keys; keyd init never replaces keys without --force",
+        ));
+    }
+    for role in ["identity", "chain", "box", "field", "audit", "sequence"] {
+        for object in existing(role)? {
             session
                 .destroy_object(object)
                 .map_err(|e| failed("destroy", e))?;
@@ -249,6 +265,27 @@ pub fn generate(config: &Pkcs11Config, force: bool) -> Result<(), BackendError> 
     session
         .generate_key(&Mechanism::AesKeyGen, &field)
         .map_err(|e| failed("generate AES-256 field key", e))?;
+    generate_audit_key(&session, config)
+}
+
+/// The audit log's HMAC key: a generic secret that never leaves the token.
+fn generate_audit_key(session: &Session, config: &Pkcs11Config) -> Result<(), BackendError> {
+    session
+        .generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Label(label(config, "audit")),
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
+                Attribute::ValueLen(32.into()),
+                Attribute::Sign(true),
+            ],
+        )
+        .map_err(|e| failed("generate the audit HMAC key", e))?;
     Ok(())
 }
 
@@ -261,8 +298,10 @@ pub struct Pkcs11Backend {
     chain: ObjectHandle,
     chain_public: [u8; 32],
     box_key: ObjectHandle,
-    box_public: [u8; 32],
+    box_public: BoxPublicKey,
     field: ObjectHandle,
+    audit: Locked<Secret32>,
+    label_prefix: String,
     // Keeps the library loaded for the sessions' lifetime.
     _pkcs11: Pkcs11,
 }
@@ -292,11 +331,27 @@ impl Pkcs11Backend {
         let chain_public: [u8; 32] =
             ec_point(s, find(s, config, "chain", ObjectClass::PUBLIC_KEY)?, 32)?
                 .try_into()
-                .expect("32 bytes");
-        let box_public: [u8; 32] =
+                .map_err(|_| failed("chain key", "not 32 bytes"))?;
+        let box_bytes: [u8; 32] =
             ec_point(s, find(s, config, "box", ObjectClass::PUBLIC_KEY)?, 32)?
                 .try_into()
-                .expect("32 bytes");
+                .map_err(|_| failed("box key", "not 32 bytes"))?;
+        let box_public = BoxPublicKey::from_bytes(box_bytes)
+            .ok_or_else(|| failed("box key", stream::keys::LOW_ORDER_REASON))?;
+        let audit_key = find(s, config, "audit", ObjectClass::SECRET_KEY).map_err(|_| {
+            BackendError::setup(
+                "pkcs11",
+                "the token has no audit HMAC key (keyd init of this version makes it; run `keyd init` again, it adds what is missing and replaces nothing)",
+            )
+        })?;
+        let mac = Zeroizing::new(
+            s.sign(&Mechanism::Sha256Hmac, audit_key, AUDIT_LABEL)
+                .map_err(|e| failed("HMAC with the audit key", e))?,
+        );
+        let audit: [u8; 32] = mac
+            .as_slice()
+            .try_into()
+            .map_err(|_| failed("HMAC with the audit key", "not 32 bytes"))?;
         Ok(Pkcs11Backend {
             identity: find(s, config, "identity", ObjectClass::PRIVATE_KEY)?,
             chain: find(s, config, "chain", ObjectClass::PRIVATE_KEY)?,
@@ -305,6 +360,8 @@ impl Pkcs11Backend {
             identity_public,
             chain_public,
             box_public,
+            audit: Locked::new(Secret32::from_bytes(audit)),
+            label_prefix: config.label_prefix.clone(),
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next: AtomicUsize::new(0),
             _pkcs11: pkcs11,
@@ -330,6 +387,82 @@ impl Pkcs11Backend {
     }
 }
 
+/// Runs a GCM encryption whose IV buffer the token may overwrite: some tokens (FIPS mode)
+/// ignore the caller's IV and write back the one they generated, which is then the IV the
+/// ciphertext needs. Returns the IV actually used and the ciphertext.
+fn gcm_with_token_iv(
+    mut iv: [u8; 12],
+    encrypt: impl FnOnce(&mut [u8]) -> Result<Vec<u8>, BackendError>,
+) -> Result<([u8; 12], Vec<u8>), BackendError> {
+    let ciphertext = encrypt(&mut iv)?;
+    Ok((iv, ciphertext))
+}
+
+impl Pkcs11Backend {
+    fn sequence_object(&self, session: &Session) -> Result<Option<ObjectHandle>, BackendError> {
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Label(format!("{}-sequence", self.label_prefix).into_bytes()),
+            ])
+            .map_err(|e| failed("find the sequence object", e))?;
+        Ok(found.first().copied())
+    }
+
+    fn read_ceiling(&self, session: &Session, object: ObjectHandle) -> Result<u64, BackendError> {
+        let value = session
+            .get_attributes(object, &[AttributeType::Value])
+            .map_err(|e| failed("read the sequence object", e))?;
+        match value.into_iter().next() {
+            Some(Attribute::Value(bytes)) if bytes.len() == 8 => {
+                Ok(u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8])))
+            }
+            _ => Err(failed("read the sequence object", "not 8 bytes")),
+        }
+    }
+}
+
+impl crate::guard::CeilingStore for Pkcs11Backend {
+    fn read(&self) -> Result<Option<u64>, String> {
+        self.with_session(|s| match self.sequence_object(s)? {
+            Some(object) => self.read_ceiling(s, object).map(Some),
+            None => Ok(None),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn raise(&self, ceiling: u64) -> Result<u64, String> {
+        let want = super::ceiling_step_above(ceiling);
+        self.with_session(|s| {
+            let value = Attribute::Value(want.to_be_bytes().to_vec());
+            match self.sequence_object(s)? {
+                Some(object) => {
+                    let held = self.read_ceiling(s, object)?;
+                    if held >= want {
+                        return Ok(held);
+                    }
+                    s.update_attributes(object, &[value])
+                        .map_err(|e| failed("raise the sequence object", e))?;
+                }
+                None => {
+                    s.create_object(&[
+                        Attribute::Class(ObjectClass::DATA),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Modifiable(true),
+                        Attribute::Label(format!("{}-sequence", self.label_prefix).into_bytes()),
+                        Attribute::Application(b"keyd".to_vec()),
+                        value,
+                    ])
+                    .map_err(|e| failed("create the sequence object", e))?;
+                }
+            }
+            Ok(want)
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// Whether the token keys are sensitive and non-extractable, and always were
 /// (for `keyd status` and the tests).
 pub fn key_protection(config: &Pkcs11Config) -> Result<Vec<(String, bool)>, BackendError> {
@@ -344,6 +477,7 @@ pub fn key_protection(config: &Pkcs11Config) -> Result<Vec<(String, bool)>, Back
         ("chain", ObjectClass::PRIVATE_KEY),
         ("box", ObjectClass::PRIVATE_KEY),
         ("field", ObjectClass::SECRET_KEY),
+        ("audit", ObjectClass::SECRET_KEY),
     ] {
         let key = find(&session, config, role, class)?;
         let attributes = session
@@ -383,7 +517,7 @@ impl Backend for Pkcs11Backend {
     fn chain_public(&self) -> [u8; 32] {
         self.chain_public
     }
-    fn box_public(&self) -> [u8; 32] {
+    fn box_public(&self) -> BoxPublicKey {
         self.box_public
     }
     fn sign_secp256k1_prehash(&self, digest: &[u8; 32]) -> Result<[u8; 65], BackendError> {
@@ -458,19 +592,52 @@ impl Backend for Pkcs11Backend {
             Ok(Zeroizing::new(shared))
         })
     }
-    fn aes_gcm_encrypt(&self, iv: &[u8; 12], plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
-        let mut iv = *iv;
-        let params = GcmParams::new(&mut iv, &[], 128.into()).map_err(|e| failed("AES-GCM", e))?;
-        let mechanism = Mechanism::AesGcm(params);
+    fn aes_gcm_encrypt(&self, plaintext: &[u8]) -> Result<([u8; 12], Vec<u8>), BackendError> {
+        let mut iv = [0u8; 12];
+        getrandom::getrandom(&mut iv)
+            .map_err(|_| failed("AES-GCM", "the OS random number generator failed"))?;
         self.with_session(|s| {
-            s.encrypt(&mechanism, self.field, plaintext)
-                .map_err(|e| failed("AES-GCM", e))
+            gcm_with_token_iv(iv, |iv| {
+                let params =
+                    GcmParams::new(iv, &[], 128.into()).map_err(|e| failed("AES-GCM", e))?;
+                s.encrypt(&Mechanism::AesGcm(params), self.field, plaintext)
+                    .map_err(|e| failed("AES-GCM", e))
+            })
         })
+    }
+    fn audit_key(&self) -> &Secret32 {
+        &self.audit
+    }
+    fn ceiling_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::guard::CeilingStore>> {
+        Some(self)
     }
     fn random(&self, out: &mut [u8]) -> Result<(), BackendError> {
         self.with_session(|s| {
             s.generate_random_slice(out)
                 .map_err(|e| failed("random", e))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token that writes its own IV back into the parameters: the ciphertext is returned
+    /// with that IV, not the one keyd proposed (which would not decrypt).
+    #[test]
+    fn the_iv_the_token_returns_is_the_one_used() {
+        let proposed = [1u8; 12];
+        let (used, ciphertext) = gcm_with_token_iv(proposed, |iv| {
+            iv.copy_from_slice(&[9u8; 12]);
+            Ok(vec![7u8; 20])
+        })
+        .unwrap();
+        assert_eq!(used, [9u8; 12]);
+        assert_eq!(ciphertext, vec![7u8; 20]);
+        let (kept, _) = gcm_with_token_iv(proposed, |_| Ok(vec![])).unwrap();
+        assert_eq!(kept, proposed);
     }
 }

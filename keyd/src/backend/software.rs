@@ -7,7 +7,8 @@ use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
-use stream::keys::{parse_secret_hex, Secret32};
+use stream::fsio::{self, Durability};
+use stream::keys::{parse_secret_hex, BoxPublicKey, Secret32};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{Backend, BackendError, BackendInfo};
@@ -37,7 +38,9 @@ pub struct SoftwareBackend {
     identity: Locked<k256::ecdsa::SigningKey>,
     chain: Locked<ed25519_dalek::SigningKey>,
     box_key: Locked<x25519_dalek::StaticSecret>,
+    box_public: BoxPublicKey,
     field: Locked<Aes256Gcm>,
+    audit: Locked<Secret32>,
 }
 
 /// A key file that cannot be used. Never carries key material.
@@ -57,22 +60,7 @@ fn invalid(path: &Path, reason: impl Into<String>) -> KeyFileError {
 impl SoftwareBackend {
     /// Loads the key file, refusing one that others can read or that keyd's user does not own.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).map_err(|e| invalid(path, e.to_string()))?;
-        if meta.mode() & 0o777 != 0o600 {
-            return Err(invalid(
-                path,
-                format!("mode is {:o}; it must be 600", meta.mode() & 0o777),
-            ));
-        }
-        // SAFETY: geteuid has no failure mode.
-        let euid = unsafe { libc::geteuid() };
-        if meta.uid() != euid {
-            return Err(invalid(
-                path,
-                format!("owned by uid {}, not keyd's uid {euid}", meta.uid()),
-            ));
-        }
+        crate::files::check_private(path).map_err(|e| invalid(path, e.to_string()))?;
         let text = Zeroizing::new(
             std::fs::read_to_string(path).map_err(|e| invalid(path, e.to_string()))?,
         );
@@ -102,20 +90,24 @@ impl SoftwareBackend {
         box_key: &[u8; 32],
         field: &[u8; 32],
     ) -> Result<Self, String> {
-        let identity = k256::ecdsa::SigningKey::from_slice(identity)
+        let signing = k256::ecdsa::SigningKey::from_slice(identity)
             .map_err(|_| "identity is not a valid secp256k1 key".to_string())?;
+        let box_secret = x25519_dalek::StaticSecret::from(*box_key);
+        let box_public =
+            BoxPublicKey::from_bytes(x25519_dalek::PublicKey::from(&box_secret).to_bytes())
+                .ok_or("the box key's public key is a low-order point")?;
         Ok(SoftwareBackend {
-            identity: Locked::new(identity),
+            identity: Locked::new(signing),
             chain: Locked::new(ed25519_dalek::SigningKey::from_bytes(chain)),
-            box_key: Locked::new(x25519_dalek::StaticSecret::from(*box_key)),
+            box_key: Locked::new(box_secret),
+            box_public,
             field: Locked::new(Aes256Gcm::new(field.into())),
+            audit: Locked::new(super::derive_audit_key([identity, chain, box_key, field])),
         })
     }
 
     /// Writes a new key file (0600). Refuses to replace one unless `force`.
     pub fn generate(path: &Path, force: bool) -> Result<(), KeyFileError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         if path.exists() && !force {
             return Err(invalid(
                 path,
@@ -140,19 +132,8 @@ impl SoftwareBackend {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| invalid(path, e.to_string()))?;
         }
-        let temp = path.with_extension("tmp");
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| invalid(path, e.to_string()))?;
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.sync_all())
-            .map_err(|e| invalid(path, e.to_string()))?;
-        std::fs::rename(&temp, path).map_err(|e| invalid(path, e.to_string()))?;
-        Ok(())
+        fsio::write_atomic_private(path, text.as_bytes(), Durability::Synced)
+            .map_err(|e| invalid(path, e.to_string()))
     }
 }
 
@@ -164,7 +145,8 @@ impl Backend for SoftwareBackend {
             memory_locked: self.identity.is_locked()
                 && self.chain.is_locked()
                 && self.box_key.is_locked()
-                && self.field.is_locked(),
+                && self.field.is_locked()
+                && self.audit.is_locked(),
         }
     }
     fn identity_public(&self) -> k256::ecdsa::VerifyingKey {
@@ -173,8 +155,8 @@ impl Backend for SoftwareBackend {
     fn chain_public(&self) -> [u8; 32] {
         self.chain.verifying_key().to_bytes()
     }
-    fn box_public(&self) -> [u8; 32] {
-        x25519_dalek::PublicKey::from(&*self.box_key).to_bytes()
+    fn box_public(&self) -> BoxPublicKey {
+        self.box_public
     }
     fn sign_secp256k1_prehash(&self, digest: &[u8; 32]) -> Result<[u8; 65], BackendError> {
         Ok(stream::package::sign_eip191_prehash(&self.identity, digest))
@@ -188,18 +170,28 @@ impl Backend for SoftwareBackend {
             .diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
         Ok(Zeroizing::new(shared.to_bytes()))
     }
-    fn aes_gcm_encrypt(&self, iv: &[u8; 12], plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
+    fn aes_gcm_encrypt(&self, plaintext: &[u8]) -> Result<([u8; 12], Vec<u8>), BackendError> {
+        let mut iv = [0u8; 12];
+        self.random(&mut iv)?;
         let mut buffer = Vec::with_capacity(plaintext.len() + 16);
         buffer.extend_from_slice(plaintext);
         let tag = self
             .field
-            .encrypt_in_place_detached(Nonce::from_slice(iv), b"", &mut buffer)
-            .map_err(|_| BackendError::Failed("AES-GCM encryption failed".into()))?;
+            .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut buffer)
+            .map_err(|_| BackendError::failed("software", "AES-GCM", "encryption failed"))?;
         buffer.extend_from_slice(&tag);
-        Ok(buffer)
+        Ok((iv, buffer))
     }
     fn random(&self, out: &mut [u8]) -> Result<(), BackendError> {
-        getrandom::getrandom(out)
-            .map_err(|_| BackendError::Failed("the OS random number generator failed".into()))
+        getrandom::getrandom(out).map_err(|_| {
+            BackendError::failed(
+                "software",
+                "random",
+                "the OS random number generator failed",
+            )
+        })
+    }
+    fn audit_key(&self) -> &Secret32 {
+        &self.audit
     }
 }

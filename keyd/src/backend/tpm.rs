@@ -1,8 +1,12 @@
 //! The TPM 2.0 backend. A TPM has no secp256k1, Ed25519 or X25519, so keyd makes the four
 //! keys from TPM and OS randomness and seals them (128 bytes, the TPM's limit for one
-//! sealed object) under an owner-hierarchy storage key, optionally bound to a PolicyPCR.
-//! At start it unseals them once into locked, zeroized memory; stale transient handles are
-//! flushed first, and keyd is the TPM's one owner for its lifetime (randomness at run time).
+//! sealed object) under an owner-hierarchy storage key, bound to a PolicyPCR, an auth value
+//! (`auth_file`), or both: never to nothing, or anyone who reaches the TPM could unseal
+//! them. At start it unseals them once, in a session salted to the storage key with the
+//! response encrypted, into locked, zeroized memory; stale transient handles are flushed
+//! first, and keyd is the TPM's one owner for its lifetime (randomness at run time). An NV
+//! counter holds the sequence guard's ceiling, so a wiped state directory cannot restart
+//! the sequence.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,17 +14,20 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
-use tss_esapi::constants::{CapabilityType, SessionType};
-use tss_esapi::handles::{KeyHandle, ObjectHandle};
+use stream::keys::{BoxPublicKey, Secret32};
+use tss_esapi::attributes::{
+    NvIndexAttributesBuilder, ObjectAttributesBuilder, SessionAttributesBuilder,
+};
+use tss_esapi::constants::{CapabilityType, NvIndexType, SessionType, Tss2ResponseCodeKind};
+use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
-use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    CapabilityData, Digest, KeyedHashScheme, PcrSelectionListBuilder, PcrSlot, Private, Public,
-    PublicBuilder, PublicKeyedHashParameters, RsaExponent, SensitiveData, SymmetricDefinition,
-    SymmetricDefinitionObject,
+    Auth, CapabilityData, Digest, KeyedHashScheme, NvPublicBuilder, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, PublicBuilder, PublicKeyedHashParameters, RsaExponent, SensitiveData,
+    SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -38,13 +45,60 @@ pub struct TpmConfig {
     pub tcti: String,
     /// Where the sealed blobs live (`keys.pub`, `keys.priv`).
     pub blob_dir: PathBuf,
-    /// SHA-256 PCRs the keys are bound to (e.g. `[7]`, Secure Boot state); none by default.
+    /// SHA-256 PCRs the keys are bound to (e.g. `[7]`, Secure Boot state).
     #[serde(default)]
     pub pcrs: Vec<u8>,
+    /// A file (0600, keyd's user) holding the sealed object's auth value: the keys unseal
+    /// only with it. `pcrs`, `auth_file` or both must be set.
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// The NV counter that holds the sequence guard's ceiling (owner hierarchy).
+    #[serde(default = "default_nv_index")]
+    pub sequence_nv_index: u32,
+}
+
+fn default_nv_index() -> u32 {
+    0x0150_4b44
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(format!("tpm: {what}: {e}"))
+    BackendError::failed("tpm", what, e)
+}
+
+/// What binds the sealed keys: refuses a configuration that binds them to nothing.
+fn check_binding(config: &TpmConfig) -> Result<(), BackendError> {
+    if config.pcrs.is_empty() && config.auth_file.is_none() {
+        return Err(BackendError::setup(
+            "tpm",
+            "[tpm] sets neither pcrs nor auth_file: sealed under an empty password, the keys would unseal for anyone who can reach the TPM; set pcrs (e.g. [7]) and/or auth_file",
+        ));
+    }
+    Ok(())
+}
+
+/// The sealed object's auth value, from `auth_file` (a private file of keyd's user).
+fn read_auth(config: &TpmConfig) -> Result<Option<Auth>, BackendError> {
+    let Some(path) = &config.auth_file else {
+        return Ok(None);
+    };
+    let shown = format!("auth_file {}", path.display());
+    crate::files::check_private(path).map_err(|e| BackendError::setup("tpm", e))?;
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| failed(&shown, e))?);
+    let trimmed: &[u8] = {
+        let end = bytes
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        &bytes[..end]
+    };
+    if trimmed.is_empty() {
+        return Err(BackendError::setup("tpm", format!("{shown} is empty")));
+    }
+    // The auth value is the SHA-256 of the file's content: any length in, 32 bytes out.
+    let digest = Zeroizing::new(<[u8; 32]>::from(Sha256::digest(trimmed)));
+    Auth::try_from(digest.to_vec())
+        .map(Some)
+        .map_err(|e| failed(&shown, e))
 }
 
 fn context(config: &TpmConfig) -> Result<Context, BackendError> {
@@ -102,37 +156,58 @@ fn pcr_selection(
         .map_err(|e| failed("pcr selection", e))
 }
 
-/// A policy session satisfied by the current PCR values (trial: only to compute the digest).
-fn pcr_session(
+/// A session for the sealed object: trial (to compute the policy digest at `init`) or real
+/// (to unseal), salted to the storage key `salt` so its secrets and the response
+/// (`encrypt`) are protected on the TPM's bus. With PCRs, a policy session satisfied by
+/// their current values (and the auth value, with one); without, an HMAC session.
+fn object_session(
     ctx: &mut Context,
     config: &TpmConfig,
     trial: bool,
-) -> Result<PolicySession, BackendError> {
+    salt: Option<KeyHandle>,
+) -> Result<AuthSession, BackendError> {
+    let kind = match (trial, config.pcrs.is_empty()) {
+        (true, _) => SessionType::Trial,
+        (false, false) => SessionType::Policy,
+        (false, true) => SessionType::Hmac,
+    };
     let session = ctx
         .start_auth_session(
+            salt,
             None,
             None,
-            None,
-            if trial {
-                SessionType::Trial
-            } else {
-                SessionType::Policy
-            },
+            kind,
             SymmetricDefinition::AES_128_CFB,
             HashingAlgorithm::Sha256,
         )
-        .map_err(|e| failed("policy session", e))?
-        .ok_or_else(|| failed("policy session", "none returned"))?;
+        .map_err(|e| failed("session", e))?
+        .ok_or_else(|| failed("session", "none returned"))?;
     let (attributes, mask) = SessionAttributesBuilder::new()
         .with_decrypt(true)
         .with_encrypt(true)
         .build();
     ctx.tr_sess_set_attributes(session, attributes, mask)
-        .map_err(|e| failed("policy session", e))?;
+        .map_err(|e| failed("session", e))?;
+    if kind == SessionType::Hmac {
+        return Ok(session);
+    }
     let policy = PolicySession::try_from(session).map_err(|e| failed("policy session", e))?;
-    ctx.policy_pcr(policy, Digest::default(), pcr_selection(config)?)
-        .map_err(|e| failed("PolicyPCR", e))?;
-    Ok(policy)
+    if !config.pcrs.is_empty() {
+        ctx.policy_pcr(policy, Digest::default(), pcr_selection(config)?)
+            .map_err(|e| failed("PolicyPCR", e))?;
+    }
+    if config.auth_file.is_some() {
+        ctx.policy_auth_value(policy)
+            .map_err(|e| failed("PolicyAuthValue", e))?;
+    }
+    Ok(session)
+}
+
+fn flush_session(ctx: &mut Context, session: AuthSession) {
+    if !matches!(session, AuthSession::Password) {
+        let handle = tss_esapi::handles::SessionHandle::from(session);
+        let _ = ctx.flush_context(ObjectHandle::from(handle));
+    }
 }
 
 fn blob_paths(config: &TpmConfig) -> (PathBuf, PathBuf) {
@@ -144,6 +219,8 @@ fn blob_paths(config: &TpmConfig) -> (PathBuf, PathBuf) {
 
 /// Makes the keys and seals them to the TPM. Refuses to replace sealed keys unless `force`.
 pub fn generate(config: &TpmConfig, force: bool) -> Result<(), BackendError> {
+    check_binding(config)?;
+    let auth = read_auth(config)?;
     let (pub_path, priv_path) = blob_paths(config);
     if (pub_path.exists() || priv_path.exists()) && !force {
         return Err(failed(
@@ -178,17 +255,19 @@ pub fn generate(config: &TpmConfig, force: bool) -> Result<(), BackendError> {
         .with_fixed_parent(true)
         .with_no_da(true);
     let policy = if config.pcrs.is_empty() {
+        // The auth value alone (checked above that there is one), in an HMAC session.
         attributes = attributes.with_user_with_auth(true);
         Digest::default()
     } else {
-        let trial = pcr_session(&mut ctx, config, true)?;
-        let digest = ctx
-            .policy_get_digest(trial)
-            .map_err(|e| failed("policy digest", e))?;
-        let _ = ctx.flush_context(ObjectHandle::from(tss_esapi::handles::SessionHandle::from(
-            trial,
-        )));
-        digest
+        let trial = object_session(&mut ctx, config, true, None)?;
+        let digest = PolicySession::try_from(trial)
+            .map_err(|e| failed("policy session", e))
+            .and_then(|p| {
+                ctx.policy_get_digest(p)
+                    .map_err(|e| failed("policy digest", e))
+            });
+        flush_session(&mut ctx, trial);
+        digest?
     };
     let public = PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::KeyedHash)
@@ -208,7 +287,7 @@ pub fn generate(config: &TpmConfig, force: bool) -> Result<(), BackendError> {
         SensitiveData::try_from(secret.to_vec()).map_err(|e| failed("sealed data", e))?;
     let created = ctx
         .execute_with_session(Some(AuthSession::Password), |c| {
-            c.create(parent, public, None, Some(sensitive), None, None)
+            c.create(parent, public, auth, Some(sensitive), None, None)
         })
         .map_err(|e| failed("seal", e));
     let _ = ctx.flush_context(parent.into());
@@ -256,10 +335,13 @@ fn read_tpm2b(path: &Path) -> Result<Vec<u8>, BackendError> {
 pub struct TpmBackend {
     keys: SoftwareBackend,
     ctx: Mutex<Context>,
+    nv_index: NvIndexTpmHandle,
 }
 
 impl TpmBackend {
     pub fn load(config: &TpmConfig) -> Result<Self, BackendError> {
+        check_binding(config)?;
+        let auth = read_auth(config)?;
         let (pub_path, priv_path) = blob_paths(config);
         let public = Public::unmarshall(&read_tpm2b(&pub_path)?)
             .map_err(|e| failed("sealed public blob", e))?;
@@ -270,32 +352,31 @@ impl TpmBackend {
         let loaded = ctx.execute_with_session(Some(AuthSession::Password), |c| {
             c.load(parent, private, public)
         });
-        let _ = ctx.flush_context(parent.into());
-        let object: ObjectHandle = loaded.map_err(|e| failed("load sealed keys", e))?.into();
-        let unsealed = if config.pcrs.is_empty() {
-            ctx.execute_with_session(Some(AuthSession::Password), |c| c.unseal(object))
-        } else {
-            let session = pcr_session(&mut ctx, config, false)?;
-            let result = ctx.execute_with_session(Some(AuthSession::PolicySession(session)), |c| {
-                c.unseal(object)
-            });
-            let _ = ctx.flush_context(ObjectHandle::from(tss_esapi::handles::SessionHandle::from(
-                session,
-            )));
-            result
+        let object: ObjectHandle = match loaded {
+            Ok(handle) => handle.into(),
+            Err(e) => {
+                let _ = ctx.flush_context(parent.into());
+                return Err(failed("load sealed keys", e));
+            }
         };
+        let unsealed = (|| {
+            if let Some(auth) = auth {
+                ctx.tr_set_auth(object, auth)
+                    .map_err(|e| failed("auth value", e))?;
+            }
+            let session = object_session(&mut ctx, config, false, Some(parent))?;
+            let result = ctx.execute_with_session(Some(session), |c| c.unseal(object));
+            flush_session(&mut ctx, session);
+            result.map_err(|e| {
+                failed(
+                    "unseal (keys bound to PCRs that changed, a wrong auth value, or another TPM)",
+                    e,
+                )
+            })
+        })();
         let _ = ctx.flush_context(object);
-        let secret = Zeroizing::new(
-            unsealed
-                .map_err(|e| {
-                    failed(
-                        "unseal (keys bound to PCRs that changed, or another TPM)",
-                        e,
-                    )
-                })?
-                .value()
-                .to_vec(),
-        );
+        let _ = ctx.flush_context(parent.into());
+        let secret = Zeroizing::new(unsealed?.value().to_vec());
         if secret.len() != 128 {
             return Err(failed(
                 "unseal",
@@ -303,13 +384,109 @@ impl TpmBackend {
             ));
         }
         let part =
-            |i: usize| -> [u8; 32] { secret[i * 32..(i + 1) * 32].try_into().expect("32 bytes") };
+            |i: usize| -> [u8; 32] { secret[i * 32..(i + 1) * 32].try_into().unwrap_or([0; 32]) };
         let keys = SoftwareBackend::from_secrets(&part(0), &part(1), &part(2), &part(3))
             .map_err(|e| failed("unsealed keys", e))?;
+        let nv_index = NvIndexTpmHandle::new(config.sequence_nv_index)
+            .map_err(|e| failed("sequence_nv_index", e))?;
         Ok(TpmBackend {
             keys,
             ctx: Mutex::new(ctx),
+            nv_index,
         })
+    }
+
+    /// The counter's ESYS handle, `None` when the index is not defined yet.
+    fn counter(&self, ctx: &mut Context) -> Option<NvIndexHandle> {
+        ctx.tr_from_tpm_public(TpmHandle::NvIndex(self.nv_index))
+            .ok()
+            .map(NvIndexHandle::from)
+    }
+
+    /// Defines the counter (owner hierarchy, its own empty auth for read and increment,
+    /// orderly: kept in RAM between orderly shutdowns, advanced after a disorderly one).
+    fn define_counter(&self, ctx: &mut Context) -> Result<NvIndexHandle, BackendError> {
+        let attributes = NvIndexAttributesBuilder::new()
+            .with_nv_index_type(NvIndexType::Counter)
+            .with_auth_write(true)
+            .with_auth_read(true)
+            .with_no_da(true)
+            .with_orderly(true)
+            .build()
+            .map_err(|e| failed("NV counter attributes", e))?;
+        let public = NvPublicBuilder::new()
+            .with_nv_index(self.nv_index)
+            .with_index_name_algorithm(HashingAlgorithm::Sha256)
+            .with_index_attributes(attributes)
+            .with_data_area_size(8)
+            .build()
+            .map_err(|e| failed("NV counter", e))?;
+        let handle = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.nv_define_space(Provision::Owner, None, public)
+            })
+            .map_err(|e| failed("define the sequence NV counter", e))?;
+        // A new counter starts at the highest value any counter of this TPM ever held.
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.nv_increment(NvAuth::NvIndex(handle), handle)
+        })
+        .map_err(|e| failed("initialize the sequence NV counter", e))?;
+        Ok(handle)
+    }
+
+    fn read_counter(ctx: &mut Context, handle: NvIndexHandle) -> Result<u64, BackendError> {
+        match ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.nv_read(NvAuth::NvIndex(handle), handle, 8, 0)
+        }) {
+            Ok(data) => {
+                let bytes: [u8; 8] = data
+                    .value()
+                    .try_into()
+                    .map_err(|_| failed("sequence NV counter", "not 8 bytes"))?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+            Err(tss_esapi::Error::Tss2Error(rc))
+                if rc.kind() == Some(Tss2ResponseCodeKind::NvUninitialized) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(failed("read the sequence NV counter", e)),
+        }
+    }
+}
+
+impl crate::guard::CeilingStore for TpmBackend {
+    fn read(&self) -> Result<Option<u64>, String> {
+        let mut ctx = self
+            .ctx
+            .lock()
+            .map_err(|_| "TPM context lock poisoned".to_string())?;
+        let Some(handle) = self.counter(&mut ctx) else {
+            return Ok(None);
+        };
+        let count = Self::read_counter(&mut ctx, handle).map_err(|e| e.to_string())?;
+        Ok(Some(count.saturating_mul(super::CEILING_STEP)))
+    }
+
+    fn raise(&self, ceiling: u64) -> Result<u64, String> {
+        let mut ctx = self
+            .ctx
+            .lock()
+            .map_err(|_| "TPM context lock poisoned".to_string())?;
+        let handle = match self.counter(&mut ctx) {
+            Some(handle) => handle,
+            None => self.define_counter(&mut ctx).map_err(|e| e.to_string())?,
+        };
+        let want = super::ceiling_step_above(ceiling) / super::CEILING_STEP;
+        let mut count = Self::read_counter(&mut ctx, handle).map_err(|e| e.to_string())?;
+        while count < want {
+            ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                c.nv_increment(NvAuth::NvIndex(handle), handle)
+            })
+            .map_err(|e| failed("raise the sequence NV counter", e).to_string())?;
+            count = Self::read_counter(&mut ctx, handle).map_err(|e| e.to_string())?;
+        }
+        Ok(count.saturating_mul(super::CEILING_STEP))
     }
 }
 
@@ -327,7 +504,7 @@ impl Backend for TpmBackend {
     fn chain_public(&self) -> [u8; 32] {
         self.keys.chain_public()
     }
-    fn box_public(&self) -> [u8; 32] {
+    fn box_public(&self) -> BoxPublicKey {
         self.keys.box_public()
     }
     fn sign_secp256k1_prehash(&self, digest: &[u8; 32]) -> Result<[u8; 65], BackendError> {
@@ -339,8 +516,16 @@ impl Backend for TpmBackend {
     fn x25519(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, BackendError> {
         self.keys.x25519(peer)
     }
-    fn aes_gcm_encrypt(&self, iv: &[u8; 12], plaintext: &[u8]) -> Result<Vec<u8>, BackendError> {
-        self.keys.aes_gcm_encrypt(iv, plaintext)
+    fn aes_gcm_encrypt(&self, plaintext: &[u8]) -> Result<([u8; 12], Vec<u8>), BackendError> {
+        self.keys.aes_gcm_encrypt(plaintext)
+    }
+    fn audit_key(&self) -> &Secret32 {
+        self.keys.audit_key()
+    }
+    fn ceiling_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::guard::CeilingStore>> {
+        Some(self)
     }
     fn random(&self, out: &mut [u8]) -> Result<(), BackendError> {
         let mut ctx = self

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::envelope::*;
 use crate::hexenc;
-use crate::signer::{ChunkHashSigner, ChunkKey, SignerError};
+use crate::signer::{ChunkHashSigner, ChunkKey, ChunkToSign, SignerError};
 
 /// A chunk that could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,10 @@ pub fn seal_chunk(
     buffer.extend_from_slice(&tag);
     let encrypted_data_hash = hexenc::digest_0x(&Sha256::digest(&buffer));
     let value = signer
-        .sign_chunk_hashes(&[encrypted_data_hash.as_str()])
+        .sign_chunks(&[ChunkToSign {
+            encrypted_data_hash: &encrypted_data_hash,
+            key_commitment: &key.commitment,
+        }])
         .map_err(|source| BuildError::Signer { index, source })?
         .pop()
         .ok_or(BuildError::Signer {
