@@ -95,21 +95,29 @@ def test_python_client_chunk_hash_signatures(stubs, channel):
     client = pb_grpc.KeydStub(channel)
     identity = client.Identity(pb.IdentityRequest())
     hashes = ["0x" + bytes([i]).hex() * 32 for i in range(5)]
-    response = client.SignChunkHashes(pb.SignChunkHashesRequest(hashes=hashes))
+    commitments = ["sha256:" + bytes([100 + i]).hex() * 32 for i in range(5)]
+    response = client.SignChunkHashes(pb.SignChunkHashesRequest(hashes=hashes, key_commitments=commitments))
     key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(identity.chain_public_key_hex))
     for h, signature in zip(hashes, response.signatures):
         key.verify(signature, h.encode())
     with pytest.raises(grpc.RpcError) as error:
-        client.SignChunkHashes(pb.SignChunkHashesRequest(hashes=["0xABC"]))
+        client.SignChunkHashes(pb.SignChunkHashesRequest(hashes=["0xABC"], key_commitments=commitments[:1]))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Each hash comes with its chunk's key commitment (keyd records the pair for grants).
+    with pytest.raises(grpc.RpcError) as error:
+        client.SignChunkHashes(pb.SignChunkHashesRequest(hashes=hashes))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "key_commitments" in error.value.details()
 
 
 def test_health_and_reflection(channel):
     check = channel.unary_unary("/grpc.health.v1.Health/Check")
     assert check(b"") == b"\x08\x01"  # status: SERVING
-    reflect = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
-    replies = list(reflect(iter([b"\x3a\x00"])))  # list_services
-    assert b"keyd.v1.Keyd" in replies[0] and b"grpc.health.v1.Health" in replies[0]
+    # Both reflection versions: many tools (Python's grpcio-reflection) still ask v1alpha.
+    for version in ("v1", "v1alpha"):
+        reflect = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo")
+        replies = list(reflect(iter([b"\x3a\x00"])))  # list_services
+        assert b"keyd.v1.Keyd" in replies[0] and b"grpc.health.v1.Health" in replies[0], version
 
 
 def test_conformance_packages_chains_and_grants(keyd, tmp_path):

@@ -399,14 +399,14 @@ fn gcm_with_token_iv(
 }
 
 impl Pkcs11Backend {
-    fn sequence_object(&self, session: &Session) -> Result<Option<ObjectHandle>, BackendError> {
-        let found = session
+    /// The sequence objects in the token (normally one; two for a moment while raising).
+    fn sequence_objects(&self, session: &Session) -> Result<Vec<ObjectHandle>, BackendError> {
+        session
             .find_objects(&[
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Label(format!("{}-sequence", self.label_prefix).into_bytes()),
             ])
-            .map_err(|e| failed("find the sequence object", e))?;
-        Ok(found.first().copied())
+            .map_err(|e| failed("find the sequence object", e))
     }
 
     fn read_ceiling(&self, session: &Session, object: ObjectHandle) -> Result<u64, BackendError> {
@@ -420,42 +420,48 @@ impl Pkcs11Backend {
             _ => Err(failed("read the sequence object", "not 8 bytes")),
         }
     }
+
+    /// The highest ceiling any sequence object holds.
+    fn highest_ceiling(&self, session: &Session) -> Result<Option<u64>, BackendError> {
+        let mut highest = None;
+        for object in self.sequence_objects(session)? {
+            let value = self.read_ceiling(session, object)?;
+            highest = highest.max(Some(value));
+        }
+        Ok(highest)
+    }
 }
 
 impl crate::guard::CeilingStore for Pkcs11Backend {
     fn read(&self) -> Result<Option<u64>, String> {
-        self.with_session(|s| match self.sequence_object(s)? {
-            Some(object) => self.read_ceiling(s, object).map(Some),
-            None => Ok(None),
-        })
-        .map_err(|e| e.to_string())
+        self.with_session(|s| self.highest_ceiling(s))
+            .map_err(|e| e.to_string())
     }
 
+    /// Tokens need not let a data object's value change (SoftHSM does not), so a raise makes
+    /// a new object first and only then removes the old ones: a crash in between leaves two,
+    /// and the higher counts.
     fn raise(&self, ceiling: u64) -> Result<u64, String> {
         let want = super::ceiling_step_above(ceiling);
         self.with_session(|s| {
-            let value = Attribute::Value(want.to_be_bytes().to_vec());
-            match self.sequence_object(s)? {
-                Some(object) => {
-                    let held = self.read_ceiling(s, object)?;
-                    if held >= want {
-                        return Ok(held);
-                    }
-                    s.update_attributes(object, &[value])
-                        .map_err(|e| failed("raise the sequence object", e))?;
+            let old = self.sequence_objects(s)?;
+            if let Some(held) = self.highest_ceiling(s)? {
+                if held >= want {
+                    return Ok(held);
                 }
-                None => {
-                    s.create_object(&[
-                        Attribute::Class(ObjectClass::DATA),
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Modifiable(true),
-                        Attribute::Label(format!("{}-sequence", self.label_prefix).into_bytes()),
-                        Attribute::Application(b"keyd".to_vec()),
-                        value,
-                    ])
-                    .map_err(|e| failed("create the sequence object", e))?;
-                }
+            }
+            s.create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Label(format!("{}-sequence", self.label_prefix).into_bytes()),
+                Attribute::Application(b"keyd".to_vec()),
+                Attribute::Value(want.to_be_bytes().to_vec()),
+            ])
+            .map_err(|e| failed("write the sequence object", e))?;
+            for object in old {
+                s.destroy_object(object)
+                    .map_err(|e| failed("remove the old sequence object", e))?;
             }
             Ok(want)
         })

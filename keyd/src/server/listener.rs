@@ -132,6 +132,9 @@ pub struct Connection {
     _permit: tokio::sync::OwnedSemaphorePermit,
     deadline: Pin<Box<Sleep>>,
     idle: Duration,
+    /// Until the peer sends something, only `header_timeout` applies (keyd's own first
+    /// writes do not extend it).
+    heard: bool,
 }
 
 impl Connected for Connection {
@@ -158,6 +161,7 @@ impl AsyncRead for Connection {
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
+                    self.heard = true;
                     self.touch();
                 }
                 Poll::Ready(result)
@@ -180,7 +184,7 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        if self.heard && matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }
         result
@@ -291,5 +295,6 @@ fn admit(
         _permit: permit,
         deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
         idle: limits.idle_timeout,
+        heard: false,
     })
 }

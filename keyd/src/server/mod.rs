@@ -174,10 +174,11 @@ pub async fn serve(config: Config, sequence_floor: Option<u64>) -> Result<(), St
         .then(|| service.spawn_flusher(Duration::from_millis(config.audit_fsync_ms)));
 
     let nofile = raise_nofile();
-    // Room for the state files, the token or TPM, and the TCP listener.
+    // Room for the state files, the token or TPM, and the TCP listener: no EMFILE at accept.
+    let reserve = (nofile / 4).min(64);
     let max_connections = config
         .max_connections
-        .min(nofile.saturating_sub(64).max(1) as usize);
+        .min(nofile.saturating_sub(reserve).max(1) as usize);
     let socket_gid = match &config.socket_group {
         Some(group) => Some(
             crate::policy::lookup_group(group)

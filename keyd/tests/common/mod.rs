@@ -95,14 +95,27 @@ impl Daemon {
         }
     }
 
-    /// Runs `keyd SUBCOMMAND --config <this daemon's config>` to completion.
+    /// Runs `keyd SUBCOMMAND --config <this daemon's config>` to completion; a `run` that
+    /// starts serving instead of failing is stopped after 10 s (and reported as a success).
     pub fn keyd(&self, subcommand: &str) -> std::process::Output {
-        Command::new(KEYD)
+        let mut child = Command::new(KEYD)
             .envs(self.env())
             .args([subcommand, "--config"])
             .arg(self.path("keyd.toml"))
-            .output()
-            .unwrap()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait().unwrap().is_none() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        child.wait_with_output().unwrap()
     }
 
     /// Runs `keyd run` in the foreground, expecting it to fail; returns its stderr.
@@ -132,7 +145,45 @@ impl Daemon {
     }
 
     fn start_backend(policy: &str, extra_config: &str, backend: Backend) -> Daemon {
-        let pkcs11 = backend == Backend::Pkcs11;
+        let mut daemon = Self::prepare(policy, extra_config, backend);
+        daemon.init();
+        daemon.spawn();
+        daemon
+    }
+
+    /// A directory with a config (software backend) and policy, keys not yet made.
+    pub fn prepare_software(policy: &str, extra_config: &str) -> Daemon {
+        Self::prepare(policy, extra_config, Backend::Software)
+    }
+
+    /// A directory with a config (keys sealed to a fresh swtpm) and policy, keys not yet made;
+    /// `None` without swtpm.
+    pub fn prepare_tpm(tpm_table_extra: &str) -> Option<Daemon> {
+        if Command::new("swtpm").arg("--version").output().is_err() {
+            eprintln!("skipped: swtpm is not installed (scripts/setup installs it)");
+            return None;
+        }
+        let daemon = Self::prepare(&Self::allow_all(), "", Backend::Tpm);
+        let config = std::fs::read_to_string(daemon.path("keyd.toml")).unwrap();
+        std::fs::write(
+            daemon.path("keyd.toml"),
+            config.replace("pcrs = [7]\n", tpm_table_extra),
+        )
+        .unwrap();
+        Some(daemon)
+    }
+
+    /// `keyd init`, expecting success.
+    pub fn init(&mut self) {
+        let init = self.keyd("init");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+
+    fn prepare(policy: &str, extra_config: &str, backend: Backend) -> Daemon {
         // Short paths: a Unix socket path has at most 107 bytes.
         let dir = tempfile::Builder::new()
             .prefix("kd")
@@ -179,24 +230,11 @@ impl Daemon {
             hex::encode(owner.as_bytes())
         );
         std::fs::write(d.join("keyd.toml"), config).unwrap();
-        let mut init = Command::new(KEYD);
-        init.args(["init", "--config"]).arg(d.join("keyd.toml"));
-        if pkcs11 {
-            init.env("SOFTHSM2_CONF", d.join("softhsm2.conf"));
-        }
-        let init = init.output().unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let mut daemon = Daemon {
+        Daemon {
             dir,
             child: None,
             swtpm,
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
     /// Everything allowed for the current user; a small sequence reservation so that tests
@@ -215,16 +253,31 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with(&[], &[]);
+    }
+
+    /// Starts `keyd run` under `wrapper` (a command prefix: `prlimit …`, `unshare …`) with
+    /// `args` after the config, and waits for its socket.
+    pub fn spawn_with(&mut self, wrapper: &[&str], args: &[&str]) {
         let _ = std::fs::remove_file(self.socket());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("keyd.log"))
             .unwrap();
-        let child = Command::new(KEYD)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(KEYD);
+                c
+            }
+            None => Command::new(KEYD),
+        };
+        let child = command
             .envs(self.env())
             .args(["run", "--config"])
             .arg(self.path("keyd.toml"))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -238,8 +291,48 @@ impl Daemon {
                 "keyd did not start: {}",
                 self.log()
             );
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("keyd exited ({status}): {}", self.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A raw tonic client (to send what the typed client would refuse to), on its runtime.
+    pub fn raw(
+        &self,
+    ) -> (
+        tokio::runtime::Runtime,
+        keyd_proto::v1::keyd_client::KeydClient<tonic::transport::Channel>,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let channel = runtime
+            .block_on(keyd_proto::client::connect_channel(&self.socket()))
+            .unwrap();
+        let client = keyd_proto::v1::keyd_client::KeydClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        (runtime, client)
+    }
+
+    /// keyd's peak resident memory (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// keyd's CPU time so far (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
 
     pub fn kill9(&mut self) {
