@@ -449,3 +449,72 @@ fn verify_takes_a_directory_of_published_directories() {
     assert_eq!(report["chains"]["gps"]["valid"], true);
     assert_eq!(report["chains"]["imu"]["index"], 1);
 }
+
+/// A low-order X25519 key (all zeros, say) makes every shared secret zero: a chunk key
+/// sealed to it opens for anyone. `publish` and `grant` refuse one, naming the flag.
+#[test]
+fn low_order_public_keys_are_refused() {
+    let keys = Keys::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.bin");
+    std::fs::write(&input, b"hello").unwrap();
+    let out_dir = tmp.path().join("pub");
+    let zeros = "00".repeat(32);
+    let machine = keys.read("machine.pub");
+    let chain = keys.path("chain.key");
+    let out = peaqos(&[
+        "stream",
+        "publish",
+        "--input",
+        input.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--owner-public-key",
+        &machine,
+        "--operator-public-key",
+        &zeros,
+        "--machine-public-key",
+        &machine,
+        "--signing-key-file",
+        &chain,
+        "--machine-did",
+        "did:peaq:0x00",
+        "--machine-key-id",
+        "k",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let shown = text(&out);
+    assert!(
+        shown.contains("--operator-public-key") && shown.contains("low-order"),
+        "{shown}"
+    );
+    assert!(
+        !out_dir.join("chunk-0.json").exists(),
+        "nothing sealed to it"
+    );
+
+    assert!(keys.publish(&input, &out_dir, &[]).status.success());
+    let access = tmp.path().join("access");
+    let owner_key = keys.path("owner.key");
+    let out = peaqos(&[
+        "stream",
+        "grant",
+        "--chunk-dir",
+        out_dir.to_str().unwrap(),
+        "--buyer-public-key",
+        &format!("ec{}7f", "ff".repeat(30)),
+        "--buyer-id",
+        "b",
+        "--owner-private-key-file",
+        &owner_key,
+        "--output-dir",
+        access.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("--buyer-public-key") && text(&out).contains("low-order"),
+        "{}",
+        text(&out)
+    );
+    assert!(!access.exists());
+}

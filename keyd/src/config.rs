@@ -214,3 +214,37 @@ impl Config {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example is a configuration keyd takes (and holds no placeholder keys).
+    #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/keyd.conf.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.backend, BackendKind::Software);
+        assert!(config.recipients.is_empty());
+        assert_eq!(config.max_sequence_jump, 1_000_000);
+    }
+
+    #[test]
+    fn a_low_order_recipient_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyd.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "backend = \"software\"\nsocket = \"/tmp/s\"\npolicy = \"/tmp/p\"\nstate_dir = \"/tmp/d\"\naudit_log = \"/tmp/a\"\n[software]\nkey_file = \"/tmp/k\"\n[[recipients]]\nid = \"owner-1\"\ntype = \"owner\"\npublic_key_hex = \"{}\"\n",
+                "00".repeat(32)
+            ),
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("recipients[0] (owner-1)") && err.contains("low-order"),
+            "{err}"
+        );
+    }
+}

@@ -225,9 +225,12 @@ fn status(path: &Path) -> CmdResult {
 
 fn run(path: &Path, sequence_floor: Option<u64>) -> CmdResult {
     let config = config::Config::load(path).map_err(input)?;
+    // Bounded threads (the unit's TasksMax): large batches go to the blocking pool.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keyd")
+        .max_blocking_threads((4 * cores).max(8))
         .build()
         .map_err(|e| (1, e.to_string()))?;
     runtime

@@ -88,7 +88,11 @@ fn low_order_recipient_and_buyer_keys_are_refused() {
         }))
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("low-order"), "{}", status.message());
+    assert!(
+        status.message().contains("low-order"),
+        "{}",
+        status.message()
+    );
 }
 
 // 2. The sequence guard without its state.
@@ -123,7 +127,10 @@ fn no_sequence_state_no_start_unless_the_operator_names_a_floor() {
     .unwrap();
     let (ok, stderr) = outcome(daemon.keyd("run"));
     assert!(!ok);
-    assert!(stderr.contains("was written for did:peaq:0x0000"), "{stderr}");
+    assert!(
+        stderr.contains("was written for did:peaq:0x0000"),
+        "{stderr}"
+    );
 }
 
 /// On a token, the ceiling is kept in a token object too: a wiped state continues above it.
@@ -149,7 +156,9 @@ fn wiped_state_continues_above_the_backend(daemon: &mut Daemon) {
     let did = client.did().to_string();
     client.sign_envelopes(&[&envelope(&did, 900_000)]).unwrap();
     // A second raise of the backend's ceiling (a token may not let a value change).
-    client.sign_envelopes(&[&envelope(&did, 1_800_000)]).unwrap();
+    client
+        .sign_envelopes(&[&envelope(&did, 1_800_000)])
+        .unwrap();
     drop(client);
     daemon.stop();
     std::fs::remove_dir_all(daemon.path("state")).unwrap();
@@ -175,7 +184,10 @@ fn no_audit_record_no_result() {
     std::fs::create_dir(&auditfs).unwrap();
     let config = std::fs::read_to_string(daemon.path("keyd.toml")).unwrap();
     let config = config.replace(
-        &format!("audit_log = \"{}\"", daemon.path("state/audit.jsonl").display()),
+        &format!(
+            "audit_log = \"{}\"",
+            daemon.path("state/audit.jsonl").display()
+        ),
         &format!("audit_log = \"{}/audit.jsonl\"", auditfs.display()),
     );
     std::fs::write(daemon.path("keyd.toml"), config).unwrap();
@@ -260,8 +272,7 @@ fn a_chunk_key_is_granted_only_for_its_own_chunk() {
         chunks.push(linker.link(sealed).0);
     }
     let buyer = stream::keys::BoxKey::from_secret(&stream::keys::Secret32::from_bytes([42; 32]));
-    let identity =
-        stream::access::BuyerIdentity::new("buyer-1", &buyer.public_key_hex()).unwrap();
+    let identity = stream::access::BuyerIdentity::new("buyer-1", &buyer.public_key_hex()).unwrap();
     // Chunk A's envelope carrying chunk B's key: refused.
     let mut forged = chunks[0].clone();
     forged.encryption = chunks[1].encryption.clone();
@@ -292,7 +303,10 @@ fn a_chunk_key_is_granted_only_for_its_own_chunk() {
 #[test]
 fn a_denied_caller_cannot_make_keyd_decode_a_large_request() {
     let daemon = Daemon::start_with(
-        &format!("[[allow]]\nuids = [{}]\noperations = [\"identity\"]\n", uid()),
+        &format!(
+            "[[allow]]\nuids = [{}]\noperations = [\"identity\"]\n",
+            uid()
+        ),
         "",
     );
     let before = daemon.peak_rss_kib();
@@ -346,7 +360,10 @@ fn a_silent_connection_is_closed() {
 /// keyd spin at its descriptor limit.
 #[test]
 fn idle_connections_from_others_lock_nobody_out() {
-    if !is_root() || !Path::new("/usr/bin/python3").exists() || !Path::new("/usr/bin/setpriv").exists() {
+    if !is_root()
+        || !Path::new("/usr/bin/python3").exists()
+        || !Path::new("/usr/bin/setpriv").exists()
+    {
         eprintln!("skipped: needs root, setpriv and /usr/bin/python3 to connect as other users");
         return;
     }
@@ -354,7 +371,10 @@ fn idle_connections_from_others_lock_nobody_out() {
         "[[allow]]\nuids = [{}]\noperations = [\"identity\", \"sign_packages\"]\n[[allow]]\nuids = [65534]\noperations = [\"identity\"]\n",
         uid()
     );
-    let mut daemon = Daemon::prepare_software(&policy, "socket_group = \"nogroup\"\nmax_connections_per_uid = 8");
+    let mut daemon = Daemon::prepare_software(
+        &policy,
+        "socket_group = \"nogroup\"\nmax_connections_per_uid = 8",
+    );
     daemon.init();
     std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // Few descriptors: without caps, 300 connections would exhaust them.
@@ -365,7 +385,14 @@ fn idle_connections_from_others_lock_nobody_out() {
     );
     let spawn_as = |user: &str| {
         Command::new("setpriv")
-            .args([&format!("--reuid={user}"), "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &hold])
+            .args([
+                &format!("--reuid={user}"),
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &hold,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -389,7 +416,10 @@ fn idle_connections_from_others_lock_nobody_out() {
         let _ = helper.kill();
         let _ = helper.wait();
     }
-    assert!(ticks < 100, "keyd used {ticks} ticks of CPU while the connections were held");
+    assert!(
+        ticks < 100,
+        "keyd used {ticks} ticks of CPU while the connections were held"
+    );
     assert!(daemon.log().contains("too many connections from one uid"));
 }
 
@@ -447,15 +477,27 @@ fn a_policy_group_matches_a_supplementary_group() {
 fn a_policy_or_config_others_may_write_is_refused() {
     let mut daemon = Daemon::prepare_software(&Daemon::allow_all(), "");
     daemon.init();
-    std::fs::set_permissions(daemon.path("policy.toml"), std::fs::Permissions::from_mode(0o666))
-        .unwrap();
+    std::fs::set_permissions(
+        daemon.path("policy.toml"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     let (ok, stderr) = outcome(daemon.keyd("run"));
     assert!(!ok);
-    assert!(stderr.contains("policy.toml") && stderr.contains("go-w"), "{stderr}");
-    std::fs::set_permissions(daemon.path("policy.toml"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
-    std::fs::set_permissions(daemon.path("keyd.toml"), std::fs::Permissions::from_mode(0o620))
-        .unwrap();
+    assert!(
+        stderr.contains("policy.toml") && stderr.contains("go-w"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(
+        daemon.path("policy.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        daemon.path("keyd.toml"),
+        std::fs::Permissions::from_mode(0o620),
+    )
+    .unwrap();
     let (ok, stderr) = outcome(daemon.keyd("run"));
     assert!(!ok);
     assert!(stderr.contains("keyd.toml"), "{stderr}");
@@ -485,7 +527,10 @@ fn a_pin_file_owned_by_someone_else_is_refused() {
 #[test]
 fn every_subcommand_runs_without_core_dumps() {
     // A socket that accepts and never answers: `keyd identity` waits on it.
-    let dir = tempfile::Builder::new().prefix("kd").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kd")
+        .tempdir_in("/tmp")
+        .unwrap();
     let socket = dir.path().join("silent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let mut child = Command::new(KEYD)
@@ -502,7 +547,11 @@ fn every_subcommand_runs_without_core_dumps() {
         .lines()
         .find(|l| l.starts_with("Max core file size"))
         .unwrap();
-    assert_eq!(core.split_whitespace().filter(|w| *w == "0").count(), 2, "{core}");
+    assert_eq!(
+        core.split_whitespace().filter(|w| *w == "0").count(),
+        2,
+        "{core}"
+    );
 }
 
 // 12. TPM: sealed to something, never to nothing.
@@ -530,7 +579,10 @@ fn tpm_keys_are_never_sealed_to_nothing() {
             .unwrap();
     }
     let config = std::fs::read_to_string(daemon.path("keyd.toml")).unwrap();
-    let with_auth = config.replace("pcrs = []\n", &format!("auth_file = \"{}\"\n", auth.display()));
+    let with_auth = config.replace(
+        "pcrs = []\n",
+        &format!("auth_file = \"{}\"\n", auth.display()),
+    );
     std::fs::write(daemon.path("keyd.toml"), &with_auth).unwrap();
     daemon.init();
     daemon.spawn();

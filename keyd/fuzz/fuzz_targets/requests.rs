@@ -1,6 +1,6 @@
 //! Request parsing and envelope validation: arbitrary bytes as keyd's protobuf requests,
-//! every envelope through the identity key's purpose check, every chunk envelope through
-//! the grant parser. Nothing may panic, and an accepted envelope must be exactly the
+//! every envelope through the identity key's purpose check, every chunk hash and commitment
+//! through the chain key's, every chunk envelope through the grant parser. Nothing may panic, and an accepted envelope must be exactly the
 //! canonical form of what it parses to.
 #![no_main]
 
@@ -11,7 +11,7 @@ use prost::Message;
 const DID: &str = "did:peaq:0x00000000000000000000000000000000000000aa";
 
 fn check(envelope: &[u8]) {
-    if let Ok(_sequence) = keyd::service::check_envelope(envelope, DID) {
+    if let Ok(_sequence) = keyd::service::purpose::check_envelope(envelope, DID) {
         let value = stream::json::parse_slice(envelope).expect("accepted envelopes parse");
         assert_eq!(stream::json::canonical_bytes(&value).expect("and are canonical"), envelope);
     }
@@ -29,8 +29,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = stream::access::BuyerIdentity::new(&request.buyer_recipient_id, &request.buyer_public_key_hex);
     }
     if let Ok(request) = v1::SignChunkHashesRequest::decode(data) {
-        request.hashes.iter().for_each(|h| {
-            stream::hexenc::is_0x_sha256_lower(h);
-        });
+        for (hash, commitment) in request.hashes.iter().zip(&request.key_commitments) {
+            if let Ok(pair) = keyd::service::purpose::chunk_pair(hash, commitment) {
+                assert_eq!(format!("0x{}", hex::encode(pair.0)), *hash);
+            }
+        }
     }
 });

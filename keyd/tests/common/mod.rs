@@ -107,8 +107,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         let started = Instant::now();
-        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(10)
-        {
+        while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }
         if child.try_wait().unwrap().is_none() {
