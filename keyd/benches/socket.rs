@@ -108,7 +108,116 @@ fn tpm() -> Option<f64> {
     Some(batched_rate(&common::Daemon::start_tpm()?, 40))
 }
 
+/// What keyd's fail-closed records cost a request, in process: an audit append (HMAC +
+/// write), an audit fsync with its checkpoint, a ledger record (one chunk pair, one write).
+/// Microseconds each.
+fn durable_costs() -> (f64, f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = stream::keys::Secret32::from_bytes([3; 32]);
+    let mut log = keyd::audit::AuditLog::open(
+        &dir.path().join("audit.jsonl"),
+        &dir.path().join("audit.checkpoint"),
+        &key,
+    )
+    .unwrap();
+    let record = keyd::audit::Record {
+        time: "2026-12-01T10:00:00.000000Z".into(),
+        uid: Some(1000),
+        gid: Some(1000),
+        pid: Some(4242),
+        client_cert: None,
+        op: "sign_packages",
+        key: "identity",
+        batch: 1,
+        result: "ok",
+        latency_us: 120,
+        grant: None,
+    }
+    .to_json();
+    let n = 20_000;
+    let start = Instant::now();
+    for _ in 0..n {
+        log.append(&record).unwrap();
+    }
+    let append_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let syncs = 100;
+    let start = Instant::now();
+    for _ in 0..syncs {
+        log.append(&record).unwrap();
+        log.sync().unwrap();
+    }
+    let sync_us = start.elapsed().as_secs_f64() * 1e6 / syncs as f64 - append_us;
+    let mut ledger =
+        keyd::ledger::Ledger::open(&dir.path().join("signed-chunks"), &[7; 20]).unwrap();
+    let start = Instant::now();
+    for i in 0..n as u32 {
+        let mut hash = [0u8; 32];
+        hash[..4].copy_from_slice(&i.to_be_bytes());
+        ledger.record(&[(hash, [9; 32])]).unwrap();
+    }
+    let ledger_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    (append_us, sync_us, ledger_us)
+}
+
+/// Unbatched calls from an async client on a current-thread runtime: (rate, p50 µs, p99 µs).
+fn unbatched_async<F, Fut>(daemon: &common::Daemon, n: usize, mut call: F) -> (f64, f64, f64)
+where
+    F: FnMut(v1::keyd_client::KeydClient<tonic::transport::Channel>, usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    single.block_on(async {
+        let channel = keyd_proto::client::connect_channel(&daemon.socket())
+            .await
+            .unwrap();
+        let raw = v1::keyd_client::KeydClient::new(channel);
+        let mut latencies = Vec::with_capacity(n);
+        let start = Instant::now();
+        for i in 0..n {
+            let t = Instant::now();
+            call(raw.clone(), i).await;
+            latencies.push(t.elapsed());
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        latencies.sort();
+        (rate, percentile(&latencies, 0.5), percentile(&latencies, 0.99))
+    })
+}
+
 fn main() {
+    let (audit_append_us, audit_sync_us, ledger_record_us) = durable_costs();
+    // Chunk hashes, one per call: each records its pair in the ledger before answering.
+    let (chunk_rate, chunk_p50, chunk_p99) = {
+        let daemon = common::Daemon::start_default();
+        unbatched_async(&daemon, 2000, |mut raw, i| async move {
+            let hash = stream::hexenc::sha256_0x(&i.to_be_bytes());
+            raw.sign_chunk_hashes(v1::SignChunkHashesRequest {
+                hashes: vec![hash],
+                key_commitments: vec![stream::hexenc::key_commitment(&[1; 32])],
+            })
+            .await
+            .unwrap();
+        })
+    };
+    // With audit_fsync_ms = 0: the audit log fsynced before every answer.
+    let (fsync_rate, fsync_p50, fsync_p99) = {
+        let daemon = common::Daemon::start_with(&common::Daemon::allow_all(), "audit_fsync_ms = 0");
+        let did = daemon.client().did().to_string();
+        let batch = envelopes(&did, 0, 500);
+        unbatched_async(&daemon, batch.len(), |mut raw, i| {
+            let envelope = batch[i].clone();
+            async move {
+                raw.sign_packages(v1::SignPackagesRequest {
+                    envelopes: vec![envelope],
+                })
+                .await
+                .unwrap();
+            }
+        })
+    };
     let (pkcs11_direct, pkcs11_keyd) = pkcs11().unwrap_or((0.0, 0.0));
     let tpm_batched = tpm().unwrap_or(0.0);
     let daemon = common::Daemon::start_default();
@@ -229,7 +338,7 @@ fn main() {
     });
 
     println!(
-        "{{\"cores\":{threads},\"in_process_per_s\":{in_process:.0},\"in_process_all_cores_per_s\":{in_process_all:.0},\"unbatched_per_s\":{unbatched:.0},\"unbatched_p50_us\":{:.0},\"unbatched_p99_us\":{:.0},\"unbatched_async_per_s\":{async_rate:.0},\"unbatched_async_p50_us\":{:.0},\"unbatched_async_p99_us\":{:.0},\"batched_per_s\":{batched:.0},\"batch_size\":{BATCH},\"batched_p50_us\":{:.0},\"batched_p99_us\":{:.0},\"streamed_per_s\":{streamed:.0},\"pkcs11_direct_two_sessions_per_s\":{pkcs11_direct:.0},\"pkcs11_batched_per_s\":{pkcs11_keyd:.0},\"tpm_batched_per_s\":{tpm_batched:.0}}}",
+        "{{\"cores\":{threads},\"in_process_per_s\":{in_process:.0},\"in_process_all_cores_per_s\":{in_process_all:.0},\"unbatched_per_s\":{unbatched:.0},\"unbatched_p50_us\":{:.0},\"unbatched_p99_us\":{:.0},\"unbatched_async_per_s\":{async_rate:.0},\"unbatched_async_p50_us\":{:.0},\"unbatched_async_p99_us\":{:.0},\"batched_per_s\":{batched:.0},\"batch_size\":{BATCH},\"batched_p50_us\":{:.0},\"batched_p99_us\":{:.0},\"streamed_per_s\":{streamed:.0},\"pkcs11_direct_two_sessions_per_s\":{pkcs11_direct:.0},\"pkcs11_batched_per_s\":{pkcs11_keyd:.0},\"tpm_batched_per_s\":{tpm_batched:.0},\"audit_append_us\":{audit_append_us:.2},\"audit_sync_us\":{audit_sync_us:.0},\"ledger_record_us\":{ledger_record_us:.2},\"chunk_hash_unbatched_per_s\":{chunk_rate:.0},\"chunk_hash_p50_us\":{chunk_p50:.0},\"chunk_hash_p99_us\":{chunk_p99:.0},\"fsync_each_unbatched_per_s\":{fsync_rate:.0},\"fsync_each_p50_us\":{fsync_p50:.0},\"fsync_each_p99_us\":{fsync_p99:.0}}}",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&async_latencies, 0.5),
