@@ -183,7 +183,11 @@ where
         }
         let rate = n as f64 / start.elapsed().as_secs_f64();
         latencies.sort();
-        (rate, percentile(&latencies, 0.5), percentile(&latencies, 0.99))
+        (
+            rate,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+        )
     })
 }
 
