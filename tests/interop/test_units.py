@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OURS, ROOT, ours
-from test_agent import AS_AGENT, COUNT_TOPIC, agent_binary, in_netns, needs_root, private_dir, write_map
+from test_agent import AS_AGENT, COUNT_TOPIC, in_netns, needs_root, private_dir, write_map
 
 UNITS = ROOT / "policies" / "systemd"
 KEYD = str(Path(OURS).with_name("keyd"))
@@ -175,14 +175,17 @@ def test_the_agent_makes_only_the_calls_its_unit_allows(tmp_path):
         map_path = write_map(work, socket, COUNT_TOPIC)
         trace = work / "agent.strace"
         log = work / "agent.log"
-        agent = shlex.quote(agent_binary())
+        # A copy the agent's user can execute (the build may be in root's home).
+        binary = str(work / "edge-agent")
+        subprocess.run(["install", "-m", "0755", AGENT, binary], check=True)
+        agent = shlex.quote(binary)
         # ExecStartPre (check), then ExecStart (run) until SIGTERM, as the agent's user.
         script = (f"strace -f -qq -o {trace}.pre {AS_AGENT} {agent} check {shlex.quote(str(map_path))} >/dev/null\n"
                   f"strace -f -qq -o {trace} {AS_AGENT} {agent} run {shlex.quote(str(map_path))} 2>{log} &\n"
                   "tracer=$!\nsleep 3\npkill -TERM -x edge-agent || true\nwait $tracer || true\n")
         in_netns(script, timeout=60)
         for path in (Path(f"{trace}.pre"), trace):
-            judge_after_exec(path, agent_binary())
+            judge_after_exec(path, binary)
             bad = forbidden(UNITS / "edge-agent.service", path)
             assert not bad, f"edge-agent.service's SystemCallFilter forbids what the agent does: {bad}"
     finally:
