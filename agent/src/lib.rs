@@ -7,5 +7,4 @@ pub mod config;
 pub mod metrics;
 pub mod msg;
 pub mod pipeline;
-pub mod source_hash;
 pub mod spool;

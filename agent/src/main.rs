@@ -171,7 +171,11 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     };
-    metrics.keyd_up.store(true, Ordering::Relaxed);
+    metrics.observe_keyd(
+        "identity",
+        std::time::Duration::ZERO,
+        metrics::KeydOutcome::Ok,
+    );
     let did = keyd.identity().did.clone();
     tracing::info!(%did, backend = %keyd.identity().backend_detail, "connected to keyd");
 

@@ -1,6 +1,6 @@
 //! Prometheus metrics and a health endpoint, served on a loopback address only.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,15 +31,50 @@ pub struct Metrics {
     pub dropped: Family<Labels, Counter>,
     pub paused: Family<Labels, Counter>,
     pub keyd_errors: Family<Labels, Counter>,
+    pub keyd_refusals: Family<Labels, Counter>,
     pub keyd_latency: Family<Labels, Histogram, fn() -> Histogram>,
     pub queue_messages: Gauge,
     pub queue_memory_bytes: Gauge,
     pub queue_disk_bytes: Gauge,
     pub spool_packages: Family<Labels, Gauge>,
-    /// False while keyd cannot be reached.
-    pub keyd_up: AtomicBool,
+    /// How keyd answered the last call: [`KEYD_UP`], [`KEYD_UNREACHABLE`], [`KEYD_REFUSES`].
+    keyd: AtomicU8,
     /// False once the pipeline has stopped on an error.
     pub pipeline_up: AtomicBool,
+}
+
+/// keyd answered the last call.
+const KEYD_UP: u8 = 0;
+/// keyd could not be reached or failed (retried with backoff).
+const KEYD_UNREACHABLE: u8 = 1;
+/// keyd refused (its policy denies the agent, or a request does not fit a key's purpose):
+/// retried at the longest backoff, until the operator mends it.
+const KEYD_REFUSES: u8 = 2;
+
+/// How a keyd call ended, for the metrics and the health endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeydOutcome {
+    Ok,
+    /// May succeed if sent again.
+    Unreachable,
+    /// keyd said no; the same request will not succeed until something changes.
+    Refused,
+}
+
+impl KeydOutcome {
+    pub fn of<T>(result: &Result<T, stream::signer::SignerError>) -> Self {
+        match result {
+            Ok(_) => KeydOutcome::Ok,
+            Err(e) => Self::of_error(e),
+        }
+    }
+    pub fn of_error(error: &stream::signer::SignerError) -> Self {
+        if error.is_retryable() {
+            KeydOutcome::Unreachable
+        } else {
+            KeydOutcome::Refused
+        }
+    }
 }
 
 pub fn topic(name: &str) -> Labels {
@@ -96,7 +131,12 @@ impl Metrics {
             ),
             keyd_errors: metric!(
                 "keyd_errors",
-                "Failed keyd calls (retried with backoff)",
+                "keyd calls that failed and may succeed later (retried with backoff)",
+                Family::default()
+            ),
+            keyd_refusals: metric!(
+                "keyd_refusals",
+                "keyd calls keyd refused (policy or purpose; retried at the longest backoff)",
                 Family::default()
             ),
             keyd_latency: metric!(
@@ -126,7 +166,7 @@ impl Metrics {
                 "Packages in the open chunk",
                 Family::default()
             ),
-            keyd_up: AtomicBool::new(false),
+            keyd: AtomicU8::new(KEYD_UNREACHABLE),
             pipeline_up: AtomicBool::new(true),
             registry: Registry::default(),
         };
@@ -147,22 +187,33 @@ impl Metrics {
     /// `Ok` when keyd answers and the pipeline runs; otherwise the reason.
     pub fn health(&self) -> Result<(), &'static str> {
         if !self.pipeline_up.load(Ordering::Relaxed) {
-            Err("pipeline stopped")
-        } else if !self.keyd_up.load(Ordering::Relaxed) {
-            Err("keyd unreachable")
-        } else {
-            Ok(())
+            return Err("pipeline stopped");
+        }
+        match self.keyd.load(Ordering::Relaxed) {
+            KEYD_UP => Ok(()),
+            KEYD_REFUSES => Err(
+                "keyd refuses the agent's requests (its policy, or a key's purpose: see the log)",
+            ),
+            _ => Err("keyd unreachable"),
         }
     }
 
-    pub fn observe_keyd(&self, name: &'static str, elapsed: Duration, ok: bool) {
+    pub fn observe_keyd(&self, name: &'static str, elapsed: Duration, outcome: KeydOutcome) {
         self.keyd_latency
             .get_or_create(&call(name))
             .observe(elapsed.as_secs_f64());
-        if !ok {
-            self.keyd_errors.get_or_create(&call(name)).inc();
-        }
-        self.keyd_up.store(ok, Ordering::Relaxed);
+        let state = match outcome {
+            KeydOutcome::Ok => KEYD_UP,
+            KeydOutcome::Unreachable => {
+                self.keyd_errors.get_or_create(&call(name)).inc();
+                KEYD_UNREACHABLE
+            }
+            KeydOutcome::Refused => {
+                self.keyd_refusals.get_or_create(&call(name)).inc();
+                KEYD_REFUSES
+            }
+        };
+        self.keyd.store(state, Ordering::Relaxed);
     }
 }
 

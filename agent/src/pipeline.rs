@@ -6,8 +6,11 @@
 //! * the writer appends the signed packages to their topics' spools, makes them durable
 //!   (accepted), and closes chunks at their bounds through keyd.
 //!
-//! While keyd is down or refuses, both retry with exponential backoff; the queue in front of
-//! the signer takes the load meanwhile.
+//! While keyd is down, both retry with exponential backoff; the queue in front of the signer
+//! takes the load meanwhile. When keyd refuses (its policy denies the agent, a request does
+//! not fit a key's purpose), that is reported as a refusal (log, metric, `/health`) and
+//! retried at the longest backoff, until the operator mends it: nothing accepted is dropped.
+//! A sequence number keyd will not sign is renumbered from where keyd says it continues.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +23,7 @@ use stream::signer::{ChunkHashSigner, ChunkKeySource, FieldEncryptor, PackageSig
 
 use crate::backlog::Backlog;
 use crate::config::{AgentConfig, SpoolFsync};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, KeydOutcome, Metrics};
 use crate::spool::{SpoolError, TopicSpool};
 
 /// Everything keyd does for the agent.
@@ -65,6 +68,39 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = Duration::from_millis(50);
     }
+    /// The next wait is the longest (after a refusal: nothing changes quickly).
+    pub fn to_max(&mut self) {
+        self.next = self.max;
+    }
+}
+
+/// How a failed keyd call is retried: a refusal waits the longest, a sequence conflict not
+/// at all (once), anything else with backoff. Returns whether to give up (stopping).
+fn after_failure(
+    error: &SignerError,
+    what: &str,
+    backoff: &mut Backoff,
+    stop: &AtomicBool,
+) -> bool {
+    match error {
+        SignerError::Sequence(_) => {
+            tracing::info!(error = %error, "keyd continues the sequence elsewhere; renumbering");
+        }
+        e if e.is_retryable() => {
+            tracing::warn!(error = %e, "keyd could not {what}; retrying");
+        }
+        e => {
+            tracing::error!(error = %e, "keyd refuses to {what}; retrying at the longest backoff until that changes");
+            backoff.to_max();
+        }
+    }
+    if stop.load(Ordering::Relaxed) {
+        return true;
+    }
+    if !matches!(error, SignerError::Sequence(_)) {
+        backoff.wait(stop);
+    }
+    false
 }
 
 /// A signed batch on its way to the writer: (topic index, sequence number, package or why not).
@@ -138,7 +174,7 @@ pub fn run_signer(
                 None => {
                     let started = Instant::now();
                     let r = keyd.next_sequence_number();
-                    metrics.observe_keyd("identity", started.elapsed(), r.is_ok());
+                    metrics.observe_keyd("identity", started.elapsed(), KeydOutcome::of(&r));
                     r
                 }
             };
@@ -148,7 +184,7 @@ pub fn run_signer(
                 }
                 let started = Instant::now();
                 let r = sign_batch(&messages, rules_of, keyd, keyd, &signing_key_id);
-                metrics.observe_keyd("sign", started.elapsed(), r.is_ok());
+                metrics.observe_keyd("sign", started.elapsed(), KeydOutcome::of(&r));
                 r.map(|packages| (first, packages))
             });
             match result {
@@ -160,11 +196,9 @@ pub fn run_signer(
                 Err(e) => {
                     // keyd may have signed before failing: ask again where to continue.
                     next_sequence = None;
-                    tracing::warn!(error = %e, messages = messages.len(), "keyd could not sign; retrying");
-                    if stop.load(Ordering::Relaxed) {
+                    if after_failure(&e, "sign", &mut backoff, stop) {
                         break None;
                     }
-                    backoff.wait(stop);
                 }
             }
         };
@@ -216,7 +250,7 @@ pub fn run_writer(
             let started = Instant::now();
             match spool.commit(keyd, keyd, fsync) {
                 Ok(done) => {
-                    metrics.observe_keyd("chunk", started.elapsed(), true);
+                    metrics.observe_keyd("chunk", started.elapsed(), KeydOutcome::Ok);
                     backoff.reset();
                     if let Some(c) = done {
                         let labels = metrics::topic(topic);
@@ -231,15 +265,14 @@ pub fn run_writer(
                     return Ok(true);
                 }
                 Err(
-                    e @ (SpoolError::Keyd(_)
-                    | SpoolError::Build(stream::chain::BuildError::Signer { .. })),
+                    SpoolError::Keyd(e)
+                    | SpoolError::Build(stream::chain::BuildError::Signer { source: e, .. }),
                 ) => {
-                    metrics.observe_keyd("chunk", started.elapsed(), false);
-                    tracing::warn!(topic = %topic, error = %e, "keyd could not close the chunk; retrying");
-                    if give_up || stop.load(Ordering::Relaxed) {
+                    metrics.observe_keyd("chunk", started.elapsed(), KeydOutcome::of_error(&e));
+                    tracing::warn!(topic = %topic, "keyd could not close the chunk");
+                    if give_up || after_failure(&e, "close the chunk", &mut backoff, stop) {
                         return Ok(false);
                     }
-                    backoff.wait(stop);
                 }
                 Err(e) => return Err(e.into()),
             }

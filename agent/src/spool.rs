@@ -7,8 +7,9 @@
 //! place, so a torn write leaves the other slot valid).
 //!
 //! Closing chunk N: seal it (chunk key from keyd, XChaCha20-Poly1305, hash signed by keyd),
-//! write `chunk-N.bin` and `chunk-N.json` (synced), then the state slot (synced: this is the
-//! commit point), then `manifest.json`, then empty `open.jsonl`. After a crash at any
+//! have the chain writer (`stream::chain::ChainWriter`) link it and write `chunk-N.bin` and
+//! `chunk-N.json` (synced), then the state slot (synced: this is the commit point; it holds
+//! the writer's state), then `manifest.json`, then empty `open.jsonl`. After a crash at any
 //! point, [`TopicSpool::open`] rolls back to the committed state: chunk files above it are
 //! removed (they are rebuilt from the spool), a spool that still holds the committed chunk
 //! (its plaintext hash is that chunk's `plaintextHash`) is emptied, a torn last line is cut
@@ -22,12 +23,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use stream::chain::{seal_chunk, BuildError, ChainLinker};
-use stream::layout::{self, Durability, Manifest};
+use stream::chain::{seal_chunk, BuildError, ChainState, ChainWriter, DirOutput};
+use stream::layout::{self, Durability};
 use stream::signer::{ChunkHashSigner, ChunkKeySource, SignerError};
 
 use crate::config::ChunkBounds;
-use crate::source_hash::{SavedSourceHash, SourceHash};
 
 /// A spool or output directory that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +55,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// A state slot: the chain writer's state and whose chain it is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct State {
-    next_index: u64,
-    previous_chunk_id: Option<String>,
-    source: SavedSourceHash,
+    #[serde(flatten)]
+    chain: ChainState,
     machine_did: String,
 }
 
@@ -72,7 +72,8 @@ fn slot_name(slot: u64) -> String {
 
 /// `state` as a slot's bytes: its JSON, then a line with the JSON's SHA-256.
 fn encode_state(state: &State) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(state).expect("a state always serializes");
+    // Strings and numbers only: serialization cannot fail.
+    let mut bytes = serde_json::to_vec(state).unwrap_or_default();
     let check = stream::hexenc::sha256_0x(&bytes);
     bytes.push(b'\n');
     bytes.extend_from_slice(check.as_bytes());
@@ -119,11 +120,11 @@ pub struct Committed {
 /// The spool and chain of one topic.
 pub struct TopicSpool {
     spool: PathBuf,
-    output: PathBuf,
+    /// The published directory: chunks synced (before the commit point), the manifest not
+    /// (recovery rewrites it).
+    output: DirOutput,
     did: String,
-    chunk_size: u64,
-    linker: ChainLinker,
-    source: SourceHash,
+    writer: ChainWriter,
     /// The open chunk: its file and a copy of its bytes.
     file: File,
     open: Vec<u8>,
@@ -139,8 +140,8 @@ impl std::fmt::Debug for TopicSpool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TopicSpool")
             .field("spool", &self.spool)
-            .field("output", &self.output)
-            .field("next_index", &self.linker.next_index())
+            .field("output", &self.output.dir())
+            .field("next_index", &self.writer.next_index())
             .field("open_packages", &self.open_packages)
             .finish_non_exhaustive()
     }
@@ -156,14 +157,6 @@ fn make_dir(dir: &Path) -> Result<(), SpoolError> {
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
-
-/// `NAME-<index>.EXT` → index.
-fn index_of(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
-    name.strip_prefix(prefix)?
-        .strip_suffix(suffix)?
-        .parse()
-        .ok()
 }
 
 impl TopicSpool {
@@ -191,7 +184,7 @@ impl TopicSpool {
                     if let Some(state) = decode_state(&bytes) {
                         if best
                             .as_ref()
-                            .is_none_or(|b| state.next_index > b.next_index)
+                            .is_none_or(|b| state.chain.next_index > b.chain.next_index)
                         {
                             best = Some(state);
                         }
@@ -220,9 +213,7 @@ impl TopicSpool {
                     ));
                 }
                 State {
-                    next_index: 0,
-                    previous_chunk_id: None,
-                    source: SourceHash::default().save(),
+                    chain: ChainState::default(),
                     machine_did: did.to_string(),
                 }
             }
@@ -233,18 +224,16 @@ impl TopicSpool {
                 format!("belongs to {}, but keyd is {did}", state.machine_did),
             ));
         }
-        let source = SourceHash::restore(&state.source)
-            .ok_or_else(|| inconsistent(&state_path, "invalid sourceHash state".into()))?;
-        let committed = state.next_index;
+        let writer = ChainWriter::resume(&state.chain, did, chunk_size)
+            .map_err(|e| inconsistent(&state_path, e.to_string()))?;
+        let committed = state.chain.next_index;
 
         // Roll the output back to the committed point.
         for entry in fs::read_dir(output).map_err(io(output))? {
             let entry = entry.map_err(io(output))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = index_of(&name, "chunk-", ".bin")
-                .or_else(|| index_of(&name, "chunk-", ".json"))
-                .is_some_and(|i| i >= committed)
-                || (name.starts_with('.') && name.contains(".tmp-"));
+            let stale = layout::chunk_file(&name).is_some_and(|f| f.index() >= committed)
+                || stream::fsio::is_temp_name(&name);
             if stale {
                 fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             }
@@ -255,15 +244,14 @@ impl TopicSpool {
             let text = fs::read(&last).map_err(io(&last))?;
             let envelope = stream::chain::ChunkEnvelope::from_json(&text)
                 .map_err(|e| inconsistent(&last, e.to_string()))?;
-            if Some(&envelope.chunk_id) != state.previous_chunk_id.as_ref() {
+            if Some(&envelope.chunk_id) != state.chain.previous_chunk_id.as_ref() {
                 return Err(inconsistent(
                     &last,
                     "is not the chunk the spool's state names: the output directory was changed behind the agent".into(),
                 ));
             }
             last_plaintext_hash = Some(envelope.plaintext_hash.clone());
-            let manifest = Manifest::new(source.digest(), committed, chunk_size, did.to_string());
-            layout::write_manifest(output, &manifest, Durability::Synced)?;
+            writer.write_manifest(&mut DirOutput::new(output, Durability::Synced))?;
         }
 
         // The spool: cut a torn line; empty it if it still holds the committed chunk.
@@ -294,11 +282,9 @@ impl TopicSpool {
         let open_packages = open_bytes.iter().filter(|b| **b == b'\n').count();
         Ok(TopicSpool {
             spool: spool.to_path_buf(),
-            output: output.to_path_buf(),
+            output: DirOutput::with(output, Durability::Synced, Durability::Atomic),
             did: did.to_string(),
-            chunk_size,
-            linker: ChainLinker::resume(state.previous_chunk_id, committed),
-            source,
+            writer,
             file,
             opened_at: (open_packages > 0).then(Instant::now),
             written: open_bytes.len(),
@@ -314,7 +300,7 @@ impl TopicSpool {
     }
     /// The index the open chunk will have.
     pub fn next_index(&self) -> u64 {
-        self.linker.next_index()
+        self.writer.next_index()
     }
 
     /// Whether the open chunk must close before `incoming` more bytes are added.
@@ -382,49 +368,42 @@ impl TopicSpool {
         } else {
             self.flush()?;
         }
-        let index = self.linker.next_index();
+        let index = self.writer.next_index();
         let key = keys
             .new_chunk_keys(1)?
             .pop()
             .ok_or_else(|| SignerError::Unavailable("keyd returned no chunk key".into()))?;
-        let mut source = self.source.clone();
-        source.update(&self.open);
+        // The writer advances only at the commit point: a copy does the work until then.
+        let mut next = self.writer.clone();
+        next.absorb(&self.open);
         let plaintext_bytes = self.open.len();
-        // Sealed in place (no copy of the chunk); on failure the spool file gives it back.
-        let sealed = match seal_chunk(std::mem::take(&mut self.open), key, signer, index) {
-            Ok(sealed) => sealed,
-            Err(e) => {
-                let path = self.spool.join(SPOOL_FILE);
-                self.open = fs::read(&path).map_err(io(&path))?;
-                self.written = self.open.len();
-                return Err(e.into());
-            }
-        };
-        let mut linker = self.linker.clone();
-        let (envelope, ciphertext) = linker.link(sealed);
-        layout::write_chunk(&self.output, &envelope, &ciphertext, Durability::Synced)?;
-        drop(ciphertext);
-
-        let state = State {
-            next_index: index + 1,
-            previous_chunk_id: Some(envelope.chunk_id.clone()),
-            source: source.save(),
-            machine_did: self.did.clone(),
-        };
-        write_slot(
-            &self.spool.join(slot_name(index % 2)),
-            &encode_state(&state),
-        )?;
+        // Sealed in place (no copy of the chunk); on any failure from here to the commit
+        // point the spool file gives the plaintext back.
+        let result = seal_chunk(std::mem::take(&mut self.open), key, signer, index)
+            .map_err(SpoolError::from)
+            .and_then(|sealed| {
+                next.append(sealed, &mut self.output)
+                    .map_err(SpoolError::from)
+            })
+            .and_then(|_| {
+                let state = State {
+                    chain: next.state(),
+                    machine_did: self.did.clone(),
+                };
+                write_slot(
+                    &self.spool.join(slot_name(index % 2)),
+                    &encode_state(&state),
+                )
+            });
+        if let Err(e) = result {
+            let path = self.spool.join(SPOOL_FILE);
+            self.open = fs::read(&path).map_err(io(&path))?;
+            self.written = self.open.len();
+            return Err(e);
+        }
         // Committed. The rest is redone by recovery if interrupted.
-        self.linker = linker;
-        self.source = source;
-        let manifest = Manifest::new(
-            self.source.digest(),
-            index + 1,
-            self.chunk_size,
-            self.did.clone(),
-        );
-        layout::write_manifest(&self.output, &manifest, Durability::Atomic)?;
+        self.writer = next;
+        self.writer.write_manifest(&mut self.output)?;
 
         let path = self.spool.join(SPOOL_FILE);
         self.file.set_len(0).map_err(io(&path))?;

@@ -31,6 +31,9 @@ pub enum RequestError {
     /// The token, TPM or key file failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The same, reached through `stream`'s provider traits.
+    #[error(transparent)]
+    Provider(#[from] stream::provider::ProviderError),
     /// keyd's own durable record (audit log, chunk ledger) could not be written: no result
     /// leaves keyd without it.
     #[error("{0}; the request was not answered")]
@@ -49,7 +52,9 @@ impl RequestError {
             RequestError::Sequence(e) if e.is_retryable() => Code::Unavailable,
             RequestError::Sequence(_) | RequestError::NotSigned(_) => Code::FailedPrecondition,
             RequestError::TooLarge(_) => Code::ResourceExhausted,
-            RequestError::Backend(_) | RequestError::Unrecorded(_) => Code::Unavailable,
+            RequestError::Backend(_) | RequestError::Provider(_) | RequestError::Unrecorded(_) => {
+                Code::Unavailable
+            }
             RequestError::Internal(_) => Code::Internal,
         }
     }

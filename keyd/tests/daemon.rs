@@ -33,7 +33,7 @@ fn chunk<'a>(hash: &'a str, commitment: &'a str) -> ChunkToSign<'a> {
 
 fn refused(result: Result<impl std::fmt::Debug, SignerError>, needle: &str) {
     match result {
-        Err(SignerError::Refused(message)) => assert!(
+        Err(SignerError::Refused(message) | SignerError::Sequence(message)) => assert!(
             message.contains(needle),
             "{message:?} does not mention {needle:?}"
         ),
@@ -273,7 +273,7 @@ fn callers_outside_the_policy_are_denied_and_audited() {
     let client = daemon.client(); // identity is allowed
     let did = client.did().to_string();
     let denied = |r: Result<_, SignerError>| match r {
-        Err(SignerError::Refused(m)) => assert!(m.contains("policy"), "{m}"),
+        Err(SignerError::Denied(m)) => assert!(m.contains("policy"), "{m}"),
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("allowed"),
     };

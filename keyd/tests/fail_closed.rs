@@ -433,7 +433,7 @@ fn one_batch_cannot_move_the_sequence_further_than_max_sequence_jump() {
     let stairs: Vec<Vec<u8>> = (1..=150).map(|s| envelope(&did, s)).collect();
     let refs: Vec<&[u8]> = stairs.iter().map(Vec::as_slice).collect();
     match client.sign_envelopes(&refs) {
-        Err(SignerError::Refused(m)) => assert!(m.contains("max_sequence_jump 100"), "{m}"),
+        Err(SignerError::Sequence(m)) => assert!(m.contains("max_sequence_jump 100"), "{m}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(client.next_sequence_number().unwrap(), 0);

@@ -60,14 +60,20 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Turns a gRPC status into a signer error that keeps keyd's message.
+/// Turns keyd's status into a signer error that keeps keyd's message (the codes are
+/// keyd's API: `proto/keyd.proto`). Only what may succeed later is retryable.
 fn status_error(status: tonic::Status) -> SignerError {
     use tonic::Code;
     let message = status.message().to_string();
     match status.code() {
-        Code::PermissionDenied | Code::InvalidArgument | Code::FailedPrecondition => {
+        Code::PermissionDenied | Code::Unauthenticated => SignerError::Denied(message),
+        Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => {
             SignerError::Refused(message)
         }
+        Code::FailedPrecondition if message.contains("sequence number") => {
+            SignerError::Sequence(message)
+        }
+        Code::FailedPrecondition => SignerError::Refused(message),
         _ => SignerError::Unavailable(format!("{:?}: {message}", status.code())),
     }
 }

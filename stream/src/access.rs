@@ -7,8 +7,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{self, ChunkEnvelope, DecryptError, KeyRecipient, RECIPIENT_ALGORITHM};
+use crate::hexenc;
 use crate::json::{self, Layout, Map, Value};
-use crate::keys::{self, BoxKey};
+use crate::keys;
+use crate::provider::{KeyAgreement, ProviderError};
 use crate::sealed;
 
 /// `schemaVersion` of buyer access files.
@@ -59,24 +61,37 @@ pub enum GrantError {
     },
     #[error("chunk {index}: sealing to the buyer failed")]
     Seal { index: u64 },
+    #[error("chunk {index}: {reason}")]
+    Provider { index: u64, reason: String },
 }
 
-/// Opens the chunk key with `key` (the recipient entry sealed to it), checks it against
-/// the chunk's commitment, and seals it to the buyer. Nothing is re-encrypted.
+/// Opens the chunk key with `key` (the recipient entry sealed to it; the key's secret may be
+/// in a token), checks it against the chunk's commitment, and seals it to the buyer.
+/// Nothing is re-encrypted.
 pub fn grant_entry(
     chunk: &ChunkEnvelope,
-    key: &BoxKey,
+    key: &dyn KeyAgreement,
     buyer: &BuyerIdentity,
 ) -> Result<BuyerAccessEntry, GrantError> {
     let index = chunk.index;
     let public = key.public_key();
     let recipient =
-        chain::recipient_for(chunk, &public).ok_or_else(|| GrantError::NoRecipient {
+        chain::recipient_for(chunk, public.as_bytes()).ok_or_else(|| GrantError::NoRecipient {
             index,
-            public_key: hex::encode(public),
+            public_key: public.to_hex(),
         })?;
-    let chunk_key = chain::unwrap_chunk_key(chunk, recipient, key)
-        .map_err(|source| GrantError::Open { index, source })?;
+    let open = |source| GrantError::Open { index, source };
+    let wrapped = hexenc::decode("wrappedKeyHex", &recipient.wrapped_key_hex)
+        .map_err(|e| open(DecryptError::WrappedKeyHex(e.reason.to_string())))?;
+    let chunk_key = sealed::open_key_with(&wrapped, public.as_bytes(), |epk| key.agree(epk))
+        .map_err(|e: ProviderError| GrantError::Provider {
+            index,
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| open(DecryptError::Unwrap))?;
+    if hexenc::key_commitment(chunk_key.expose()) != chunk.encryption.key_commitment {
+        return Err(open(DecryptError::KeyCommitment));
+    }
     let wrapped =
         sealed::seal_key(&chunk_key, &buyer.public_key).map_err(|_| GrantError::Seal { index })?;
     Ok(BuyerAccessEntry {

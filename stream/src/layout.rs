@@ -184,6 +184,38 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>, LayoutError> {
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// Which file of a published directory a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkFile {
+    /// `chunk-{i}.json`
+    Envelope(u64),
+    /// `chunk-{i}.bin`
+    Ciphertext(u64),
+}
+
+impl ChunkFile {
+    /// The chunk index the file belongs to.
+    pub fn index(self) -> u64 {
+        match self {
+            ChunkFile::Envelope(i) | ChunkFile::Ciphertext(i) => i,
+        }
+    }
+}
+
+/// Parses a published directory's chunk file name (`chunk-{i}.json`, `chunk-{i}.bin`).
+pub fn chunk_file(name: &str) -> Option<ChunkFile> {
+    let rest = name.strip_prefix("chunk-")?;
+    let (digits, kind): (&str, fn(u64) -> ChunkFile) = if let Some(d) = rest.strip_suffix(".json") {
+        (d, ChunkFile::Envelope)
+    } else {
+        (rest.strip_suffix(".bin")?, ChunkFile::Ciphertext)
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(kind)
+}
+
 /// Reads every `chunk-*.json` envelope in `dir`, sorted by `index`. Gaps and duplicates are
 /// left for [`crate::chain::verify_chain`] to report with their index.
 pub fn read_chunks(dir: &Path) -> Result<Vec<ChunkEnvelope>, LayoutError> {
@@ -193,7 +225,8 @@ pub fn read_chunks(dir: &Path) -> Result<Vec<ChunkEnvelope>, LayoutError> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("chunk-") && n.ends_with(".json"))
+                .and_then(chunk_file)
+                .is_some_and(|f| matches!(f, ChunkFile::Envelope(_)))
         })
         .collect();
     if paths.is_empty() {
@@ -227,6 +260,21 @@ pub fn read_ciphertext(dir: &Path, index: u64) -> Result<Option<Vec<u8>>, Layout
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_file_names() {
+        assert_eq!(chunk_file("chunk-12.json"), Some(ChunkFile::Envelope(12)));
+        assert_eq!(chunk_file("chunk-0.bin"), Some(ChunkFile::Ciphertext(0)));
+        for other in [
+            "chunk-.json",
+            "chunk-1.jsonx",
+            "chunk-+1.bin",
+            "manifest.json",
+            ".chunk-1.json.tmp-3",
+        ] {
+            assert_eq!(chunk_file(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn timestamp_shape() {

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod layout;
 pub mod local;
 pub mod package;
+pub mod provider;
 pub mod rules;
 pub mod sealed;
 pub mod sign;

@@ -1,5 +1,6 @@
-//! In-process implementations of the [`crate::signer`] traits over key files: for tests,
-//! development and the CLI without keyd.
+//! Implementations of the [`crate::signer`] traits: over keys held in this process (tests,
+//! development, the CLI without keyd), and, for chunk keys, grants and fields, over any
+//! [`crate::provider`] (keyd's backends).
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -9,8 +10,9 @@ use ed25519_dalek::Signer as _;
 use crate::access::{self, BuyerAccessEntry, BuyerIdentity};
 use crate::chain::{ChunkEnvelope, KeyRecipient, RECIPIENT_ALGORITHM};
 use crate::hexenc;
-use crate::keys::{BoxKey, ChainKey, IdentityKey, KeyError, Secret32};
+use crate::keys::{BoxKey, ChainKey, IdentityKey, Secret32};
 use crate::package;
+use crate::provider::{FieldCipher, KeyAgreement, OsRandom, ProviderError, Randomness};
 use crate::sealed;
 use crate::signer::*;
 
@@ -128,23 +130,41 @@ impl RecipientSpec {
     }
 }
 
-/// Makes chunk keys from the OS's randomness and seals them to fixed recipients.
+/// Makes chunk keys and seals them to fixed recipients: from the OS's randomness by
+/// default, or from any [`Randomness`] (keyd mixes its token's or TPM's in).
 #[derive(Debug, Clone)]
-pub struct LocalChunkKeys {
+pub struct LocalChunkKeys<R = OsRandom> {
     recipients: Vec<RecipientSpec>,
+    randomness: R,
 }
 
 impl LocalChunkKeys {
     pub fn new(recipients: Vec<RecipientSpec>) -> Self {
-        LocalChunkKeys { recipients }
+        Self::with_randomness(recipients, OsRandom)
     }
 }
 
-impl ChunkKeySource for LocalChunkKeys {
+impl<R: Randomness> LocalChunkKeys<R> {
+    pub fn with_randomness(recipients: Vec<RecipientSpec>, randomness: R) -> Self {
+        LocalChunkKeys {
+            recipients,
+            randomness,
+        }
+    }
+
+    /// The recipients every key is sealed to.
+    pub fn recipients(&self) -> &[RecipientSpec] {
+        &self.recipients
+    }
+}
+
+impl<R: Randomness> ChunkKeySource for LocalChunkKeys<R> {
     fn new_chunk_keys(&self, count: usize) -> Result<Vec<ChunkKey>, SignerError> {
         (0..count)
             .map(|_| {
-                let key = Secret32::random()?;
+                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+                self.randomness.fill(&mut *bytes).map_err(provider_error)?;
+                let key = Secret32::from_bytes(*bytes);
                 let recipients = self
                     .recipients
                     .iter()
@@ -157,7 +177,7 @@ impl ChunkKeySource for LocalChunkKeys {
                             wrapped_key_hex: hex::encode(sealed::seal_key(&key, &r.public_key)?),
                         })
                     })
-                    .collect::<Result<Vec<_>, KeyError>>()?;
+                    .collect::<Result<Vec<_>, crate::keys::KeyError>>()?;
                 Ok(ChunkKey {
                     commitment: hexenc::key_commitment(key.expose()),
                     key,
@@ -168,19 +188,24 @@ impl ChunkKeySource for LocalChunkKeys {
     }
 }
 
-/// Grants buyers access with a recipient's box key held in memory (owner, or machine).
-#[derive(Debug)]
-pub struct LocalGranter {
-    key: BoxKey,
+fn provider_error(e: ProviderError) -> SignerError {
+    SignerError::Unavailable(e.to_string())
 }
 
-impl LocalGranter {
-    pub fn new(key: BoxKey) -> Self {
+/// Grants buyers access with a recipient's box key (the owner's in this process, or the
+/// machine's behind a [`KeyAgreement`] in keyd).
+#[derive(Debug)]
+pub struct LocalGranter<K = BoxKey> {
+    key: K,
+}
+
+impl<K: KeyAgreement> LocalGranter<K> {
+    pub fn new(key: K) -> Self {
         LocalGranter { key }
     }
 }
 
-impl ChunkKeyGranter for LocalGranter {
+impl<K: KeyAgreement> ChunkKeyGranter for LocalGranter<K> {
     fn grant(
         &self,
         chunks: &[ChunkEnvelope],
@@ -218,20 +243,28 @@ impl std::fmt::Debug for LocalFieldEncryptor {
     }
 }
 
-/// AES-256-GCM of `plaintext` under `cipher` with a random 96-bit IV:
-/// base64(iv ‖ ciphertext ‖ tag).
-pub fn encrypt_field(cipher: &Aes256Gcm, plaintext: &[u8]) -> Result<String, KeyError> {
-    let mut iv = [0u8; 12];
-    getrandom::getrandom(&mut iv).map_err(|_| KeyError::Randomness)?;
-    let mut packed = Vec::with_capacity(12 + plaintext.len() + 16);
+impl FieldCipher for LocalFieldEncryptor {
+    fn seal(&self, plaintext: &[u8]) -> Result<([u8; 12], Vec<u8>), ProviderError> {
+        let mut iv = [0u8; 12];
+        OsRandom.fill(&mut iv)?;
+        let mut sealed = Vec::with_capacity(plaintext.len() + 16);
+        sealed.extend_from_slice(plaintext);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut sealed)
+            .map_err(|_| ProviderError::Failed("AES-GCM encryption failed".into()))?;
+        sealed.extend_from_slice(&tag);
+        Ok((iv, sealed))
+    }
+}
+
+/// An encrypted field's `ciphertext` (docs/formats.md §3): base64(iv ‖ ciphertext ‖ tag),
+/// by any [`FieldCipher`].
+pub fn encrypt_field(cipher: &dyn FieldCipher, plaintext: &[u8]) -> Result<String, ProviderError> {
+    let (iv, sealed) = cipher.seal(plaintext)?;
+    let mut packed = Vec::with_capacity(12 + sealed.len());
     packed.extend_from_slice(&iv);
-    packed.extend_from_slice(plaintext);
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut packed[12..])
-        .map_err(|_| KeyError::Invalid {
-            what: "field plaintext",
-        })?;
-    packed.extend_from_slice(&tag);
+    packed.extend_from_slice(&sealed);
     Ok(base64::engine::general_purpose::STANDARD.encode(packed))
 }
 
@@ -239,7 +272,7 @@ impl FieldEncryptor for LocalFieldEncryptor {
     fn encrypt_fields(&self, plaintexts: &[&[u8]]) -> Result<Vec<String>, SignerError> {
         plaintexts
             .iter()
-            .map(|p| encrypt_field(&self.cipher, p).map_err(SignerError::from))
+            .map(|p| encrypt_field(self, p).map_err(provider_error))
             .collect()
     }
 }

@@ -13,15 +13,30 @@ use crate::keys::{KeyError, Secret32};
 pub enum SignerError {
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The signer refused the request (wrong purpose, foreign DID, replayed sequence…).
+    /// The signer's policy does not allow this caller the operation.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The request does not fit the key's purpose (a foreign DID, a malformed item, a batch
+    /// too large): as it is, it never will.
     #[error("refused: {0}")]
     Refused(String),
-    /// The signer could not be reached or failed.
+    /// A sequence number at or below one the signer already signed: ask it where the
+    /// sequence continues, renumber, and try again.
+    #[error("refused: {0}")]
+    Sequence(String),
+    /// The signer could not be reached or failed: the same request may succeed later.
     #[error("signer unavailable: {0}")]
     Unavailable(String),
     /// Item `index` of the batch could not be processed.
     #[error("item {index}: {reason}")]
     Item { index: usize, reason: String },
+}
+
+impl SignerError {
+    /// Whether the same request may succeed if simply sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SignerError::Unavailable(_))
+    }
 }
 
 /// Signs canonical data-package envelopes with the machine identity (EIP-191).

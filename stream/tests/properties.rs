@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use stream::chain::{
-    seal_chunk, verify_chain, ChainFailure, ChainLinker, ChunkReader, VerifyOptions,
+    seal_chunk, verify_chain, ChainFailure, ChainOutput, ChainWriter, ChunkReader, VerifyOptions,
 };
 use stream::json::{self, python_float_repr, Map, Value};
 use stream::keys::{BoxKey, ChainKey, Secret32};
@@ -121,22 +121,49 @@ fn keys() -> (LocalChunkSigner, LocalChunkKeys, BoxKey) {
     (signer, LocalChunkKeys::new(recipients), machine)
 }
 
+/// A chain kept in memory: what the chain writer hands its outputs.
+#[derive(Default)]
+struct Collected {
+    envelopes: Vec<stream::chain::ChunkEnvelope>,
+    bins: Vec<Vec<u8>>,
+    manifest: Option<stream::layout::Manifest>,
+}
+
+impl ChainOutput for Collected {
+    fn write_chunk(
+        &mut self,
+        envelope: &stream::chain::ChunkEnvelope,
+        ciphertext: &[u8],
+    ) -> Result<(), stream::layout::LayoutError> {
+        self.envelopes.push(envelope.clone());
+        self.bins.push(ciphertext.to_vec());
+        Ok(())
+    }
+    fn write_manifest(
+        &mut self,
+        manifest: &stream::layout::Manifest,
+    ) -> Result<(), stream::layout::LayoutError> {
+        self.manifest = Some(manifest.clone());
+        Ok(())
+    }
+}
+
 fn build(
     data: &[u8],
     chunk_size: usize,
 ) -> (Vec<stream::chain::ChunkEnvelope>, Vec<Vec<u8>>, String) {
     let (signer, source, _) = keys();
     let mut reader = ChunkReader::new(data, chunk_size);
-    let mut linker = ChainLinker::new();
-    let (mut envelopes, mut bins) = (vec![], vec![]);
+    let mut writer = ChainWriter::new("did:peaq:0x00", chunk_size as u64);
+    let mut out = Collected::default();
     while let Some(chunk) = reader.next_chunk().unwrap() {
+        writer.absorb(&chunk);
         let key = source.new_chunk_keys(1).unwrap().pop().unwrap();
-        let sealed = seal_chunk(chunk, key, &signer, linker.next_index()).unwrap();
-        let (e, b) = linker.link(sealed);
-        envelopes.push(e);
-        bins.push(b);
+        let sealed = seal_chunk(chunk, key, &signer, writer.next_index()).unwrap();
+        writer.append(sealed, &mut out).unwrap();
     }
-    (envelopes, bins, reader.source_hash())
+    let manifest = writer.write_manifest(&mut out).unwrap();
+    (out.envelopes, out.bins, manifest.source_hash)
 }
 
 proptest! {

@@ -10,6 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use stream::access::read_access_dir;
 use stream::chain::{self, verify_chain, VerifyOptions};
+use stream::fsio::{AtomicFile, Durability};
 use stream::hexenc;
 use stream::layout;
 
@@ -85,7 +86,8 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
     };
     std::fs::create_dir_all(&parent)
         .map_err(|e| input(format!("cannot create {}: {e}", parent.display())))?;
-    let mut temp = tempfile_in(&parent)?;
+    let mut temp = AtomicFile::create(&args.output, Durability::Synced)
+        .map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
     let mut source = Sha256::new();
     let mut total_bytes = 0u64;
     let bar = out.progress(chunks.len() as u64, false, !args.json);
@@ -106,9 +108,8 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
             .map_err(|e| check(format!("chunk {index}: {e}")))?;
         source.update(&plaintext);
         total_bytes += plaintext.len() as u64;
-        temp.1
-            .write_all(&plaintext)
-            .map_err(|e| input(format!("writing {}: {e}", temp.0.display())))?;
+        temp.write_all(&plaintext)
+            .map_err(|e| input(format!("writing {}: {e}", args.output.display())))?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -121,10 +122,7 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
             )));
         }
     }
-    temp.1
-        .sync_all()
-        .map_err(|e| input(format!("writing {}: {e}", temp.0.display())))?;
-    std::fs::rename(&temp.0, &args.output)
+    temp.commit()
         .map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
 
     let manifest_hash = manifest
@@ -152,21 +150,4 @@ pub fn run(args: ConsumeArgs, out: &Output) -> CliResult {
         out.say(format!("  Buyer ID:     {buyer_id}"));
     }
     Ok(())
-}
-
-/// A new temporary file beside the output, removed if the command fails.
-struct TempOut(std::path::PathBuf, std::fs::File);
-
-impl Drop for TempOut {
-    fn drop(&mut self) {
-        // Still present only when the rename did not happen.
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn tempfile_in(dir: &std::path::Path) -> Result<TempOut, CliError> {
-    let path = dir.join(format!(".peaqos-consume-{}.tmp", std::process::id()));
-    let file = std::fs::File::create(&path)
-        .map_err(|e| input(format!("cannot write in {}: {e}", dir.display())))?;
-    Ok(TempOut(path, file))
 }

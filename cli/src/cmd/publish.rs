@@ -1,17 +1,19 @@
 //! `peaqos stream publish`: chunk, encrypt and sign a file into a published directory.
 //!
-//! A bounded pipeline: the reader (which also hashes the whole input for `sourceHash`)
-//! hands chunks to one sealing worker per core; a writer links them in order and writes
-//! each chunk atomically. A fixed pool of `4 × jobs` chunk buffers circulates reader →
-//! worker (encrypts in place) → writer → reader, so memory is bounded by the chunk size,
-//! not the input size, and nothing is allocated per chunk.
+//! A bounded pipeline around the chain writer (`stream::chain::ChainWriter`): the reader
+//! hands each chunk's plaintext to the writer for `sourceHash`, then to one sealing worker
+//! per core; the writer thread links the sealed chunks in order and writes each to the
+//! directory. A fixed pool of `4 × jobs` chunk buffers circulates reader → worker (encrypts
+//! in place) → writer → reader, so memory is bounded by the chunk size, not the input size,
+//! and nothing is allocated per chunk.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Mutex;
 
 use crossbeam_channel::{bounded, unbounded};
-use stream::chain::{seal_chunk, BuildError, ChainLinker, ChunkReader, SealedChunk};
+use stream::chain::{seal_chunk, BuildError, ChainWriter, ChunkReader, DirOutput, SealedChunk};
 use stream::keys::ChainKey;
 use stream::layout::{self, Durability, Manifest};
 use stream::local::{LocalChunkKeys, LocalChunkSigner, RecipientSpec};
@@ -138,27 +140,20 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
         Durability::Atomic
     };
     let bar = out.progress(total_bytes, true, !args.json);
-    let published = publish_stream(
+    let mut output = DirOutput::new(&args.output_dir, durability);
+    let writer = publish_stream(
         file,
-        args.chunk_size,
+        ChainWriter::new(&machine_did, args.chunk_size as u64),
         keys,
         signer,
-        &args.output_dir,
-        durability,
+        &mut output,
         jobs,
         &|n| bar.inc(n),
     )?;
     bar.finish_and_clear();
-    remove_stale_chunks(&args.output_dir, published.total_chunks)?;
-
-    let manifest = Manifest::new(
-        published.source_hash,
-        published.total_chunks,
-        args.chunk_size as u64,
-        machine_did,
-    );
-    let manifest_path =
-        layout::write_manifest(&args.output_dir, &manifest, durability).map_err(check)?;
+    remove_stale_chunks(&args.output_dir, writer.next_index())?;
+    let manifest: Manifest = writer.write_manifest(&mut output).map_err(check)?;
+    let manifest_path = args.output_dir.join("manifest.json");
 
     if args.json {
         print_json(&serde_json::to_value(&manifest).map_err(check)?);
@@ -189,24 +184,18 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
     Ok(())
 }
 
-/// What a publish produced.
-pub struct Published {
-    pub total_chunks: u64,
-    pub source_hash: String,
-}
-
-/// Chunks, seals, links and writes `input` into `dir` with `jobs` sealing workers.
-#[allow(clippy::too_many_arguments)]
-pub fn publish_stream(
+/// Chunks, seals, links and writes `input` to `output` with `jobs` sealing workers, through
+/// `writer`; returns the writer (its manifest not yet written).
+fn publish_stream(
     input_stream: impl std::io::Read + Send,
-    chunk_size: usize,
+    writer: ChainWriter,
     keys: &dyn ChunkKeySource,
     signer: &dyn ChunkHashSigner,
-    dir: &Path,
-    durability: Durability,
+    output: &mut (dyn stream::chain::ChainOutput + Send),
     jobs: usize,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Published, CliError> {
+) -> Result<ChainWriter, CliError> {
+    let chunk_size = writer.chunk_size() as usize;
     let max_in_flight = 4 * jobs;
     // The pool of chunk buffers: holding one is the right to put a chunk in flight.
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(max_in_flight);
@@ -215,8 +204,11 @@ pub fn publish_stream(
     }
     let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(2 * jobs);
     let (done_tx, done_rx) = unbounded::<(u64, Result<SealedChunk, BuildError>)>();
+    // The reader adds plaintexts to sourceHash in order, the writer thread appends sealed
+    // chunks in order: one writer, two in-order streams.
+    let writer = Mutex::new(writer);
 
-    std::thread::scope(|scope| {
+    let read = std::thread::scope(|scope| {
         for _ in 0..jobs {
             let work_rx = work_rx.clone();
             let done_tx = done_tx.clone();
@@ -243,22 +235,28 @@ pub fn publish_stream(
         drop(done_tx);
         drop(work_rx);
 
-        let writer = scope.spawn(move || -> Result<u64, CliError> {
-            let mut linker = ChainLinker::new();
+        let writer_ref = &writer;
+        let writing = scope.spawn(move || -> Result<(), CliError> {
             let mut waiting: BTreeMap<u64, SealedChunk> = BTreeMap::new();
             for (index, sealed) in done_rx {
                 waiting.insert(index, sealed.map_err(check)?);
-                while let Some(sealed) = waiting.remove(&linker.next_index()) {
+                loop {
+                    let mut w = writer_ref
+                        .lock()
+                        .map_err(|_| CliError::Check("the chain writer failed".into()))?;
+                    let Some(sealed) = waiting.remove(&w.next_index()) else {
+                        break;
+                    };
                     let bytes = sealed.ciphertext.len() as u64 - 16;
-                    let (envelope, ciphertext) = linker.link(sealed);
-                    layout::write_chunk(dir, &envelope, &ciphertext, durability).map_err(check)?;
+                    let written = w.append(sealed, output).map_err(check)?;
+                    drop(w);
                     progress(bytes);
                     // Back to the pool: the reader may put one more chunk in flight (once
                     // the reader is done, nobody takes it).
-                    let _ = pool_tx.send(ciphertext);
+                    let _ = pool_tx.send(written.buffer);
                 }
             }
-            Ok(linker.next_index())
+            Ok(())
         });
 
         let mut reader = ChunkReader::new(input_stream, chunk_size);
@@ -267,6 +265,10 @@ pub fn publish_stream(
         while let Ok(mut buffer) = pool_rx.recv() {
             match reader.fill_chunk(&mut buffer) {
                 Ok(true) => {
+                    match writer.lock() {
+                        Ok(mut w) => w.absorb(&buffer),
+                        Err(_) => break,
+                    }
                     if work_tx.send((index, buffer)).is_err() {
                         break;
                     }
@@ -281,22 +283,24 @@ pub fn publish_stream(
         }
         drop(work_tx);
         drop(pool_rx);
-        let written = writer
+        writing
             .join()
             .map_err(|_| CliError::Check("the chunk writer panicked".into()))??;
         if let Some(e) = read_error {
             return Err(input(format!("reading --input: {e}")));
         }
-        if written != index {
-            return Err(CliError::Check(format!(
-                "wrote {written} of {index} chunks"
-            )));
-        }
-        Ok(Published {
-            total_chunks: written,
-            source_hash: reader.source_hash(),
-        })
-    })
+        Ok(index)
+    })?;
+    let writer = writer
+        .into_inner()
+        .map_err(|_| CliError::Check("the chain writer failed".into()))?;
+    if writer.next_index() != read {
+        return Err(CliError::Check(format!(
+            "wrote {} of {read} chunks",
+            writer.next_index()
+        )));
+    }
+    Ok(writer)
 }
 
 fn remove_if_present(path: &Path) -> Result<(), CliError> {
@@ -313,14 +317,7 @@ fn remove_stale_chunks(dir: &Path, total: u64) -> Result<(), CliError> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let index = name
-            .strip_prefix("chunk-")
-            .and_then(|rest| {
-                rest.strip_suffix(".json")
-                    .or_else(|| rest.strip_suffix(".bin"))
-            })
-            .and_then(|n| n.parse::<u64>().ok());
-        if index.is_some_and(|i| i >= total) {
+        if layout::chunk_file(name).is_some_and(|f| f.index() >= total) {
             remove_if_present(&entry.path())?;
         }
     }

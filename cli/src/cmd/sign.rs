@@ -8,6 +8,7 @@ use std::io::{BufRead, BufWriter, Write};
 
 use rayon::prelude::*;
 use serde_json::json;
+use stream::fsio::{AtomicFile, Durability};
 use stream::keys::IdentityKey;
 use stream::local::{LocalFieldEncryptor, LocalPackageSigner};
 use stream::rules::load_map_file;
@@ -82,14 +83,8 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
 
     let source = std::fs::File::open(&args.input)
         .map_err(|e| input(format!("cannot open --input {}: {e}", args.input.display())))?;
-    let dir = match args.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let temp_path = dir.join(format!(".peaqos-sign-{}.tmp", std::process::id()));
-    let temp = std::fs::File::create(&temp_path)
-        .map_err(|e| input(format!("cannot write in {}: {e}", dir.display())))?;
-    let guard = RemoveOnDrop(Some(temp_path.clone()));
+    let temp = AtomicFile::create(&args.output, Durability::Synced)
+        .map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
     let mut writer = BufWriter::with_capacity(1 << 20, temp);
 
     let mut lines = std::io::BufReader::with_capacity(1 << 20, source)
@@ -155,14 +150,11 @@ pub fn run(args: SignArgs, out: &Output) -> CliResult {
                 .map_err(|e| input(format!("writing output: {e}")))?;
         }
     }
-    let file = writer
+    writer
         .into_inner()
-        .map_err(|e| input(format!("writing output: {}", e.error())))?;
-    file.sync_all()
-        .map_err(|e| input(format!("writing output: {e}")))?;
-    std::fs::rename(&temp_path, &args.output)
+        .map_err(|e| input(format!("writing output: {}", e.error())))?
+        .commit()
         .map_err(|e| input(format!("cannot write {}: {e}", args.output.display())))?;
-    drop(guard);
     out.say(format!(
         "Signed {signed} packages to {}{}",
         args.output.display(),
@@ -217,15 +209,4 @@ fn sign_lines(
             (*number, result)
         })
         .collect())
-}
-
-/// Removes the temporary output unless the run got as far as renaming it.
-struct RemoveOnDrop(Option<std::path::PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }

@@ -3,6 +3,7 @@
 //! every backend.
 
 pub mod pkcs11;
+pub mod provider;
 pub mod software;
 pub mod tpm;
 

@@ -303,19 +303,13 @@ pub fn generate(config: &TpmConfig, force: bool) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// Writes a TPM2B (big-endian u16 size, then the bytes), as tpm2-tools reads it.
+/// Writes a TPM2B (big-endian u16 size, then the bytes), as tpm2-tools reads it: a new
+/// file only keyd's user may read, replaced atomically.
 fn write_tpm2b(path: &Path, body: &[u8]) -> Result<(), BackendError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut bytes = (body.len() as u16).to_be_bytes().to_vec();
+    let size = u16::try_from(body.len()).map_err(|_| failed("blob", "larger than a TPM2B"))?;
+    let mut bytes = size.to_be_bytes().to_vec();
     bytes.extend_from_slice(body);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+    stream::fsio::write_atomic_private(path, &bytes, stream::fsio::Durability::Synced)
         .map_err(|e| failed(&path.display().to_string(), e))
 }
 

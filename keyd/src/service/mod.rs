@@ -17,10 +17,11 @@ pub mod purpose;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use stream::local::RecipientSpec;
+use stream::local::{LocalChunkKeys, RecipientSpec};
 use stream::package;
 
 use crate::audit::{AuditLog, GrantRecord, Record};
+use crate::backend::provider::Provider;
 use crate::backend::Backend;
 use crate::error::RequestError;
 use crate::guard::SequenceGuard;
@@ -60,8 +61,11 @@ pub struct KeydService {
     address: String,
     identity_key_id: String,
     chain_key_id: String,
-    /// Configured recipients, then the machine itself.
-    recipients: Vec<RecipientSpec>,
+    /// The backend as stream's provider (key agreement, field cipher, randomness).
+    provider: Provider,
+    /// Chunk keys from the backend's randomness, sealed to the configured recipients, then
+    /// the machine itself.
+    chunk_keys: LocalChunkKeys<Provider>,
     max_batch: usize,
     /// fsync the audit log (and ledger) before every answer instead of in the background.
     sync_each_request: bool,
@@ -109,6 +113,8 @@ impl KeydService {
             chain_key_id: config
                 .chain_key_id
                 .unwrap_or_else(|| format!("{did}#keys-1")),
+            provider: Provider(Arc::clone(&backend)),
+            chunk_keys: LocalChunkKeys::with_randomness(recipients, Provider(Arc::clone(&backend))),
             backend,
             policy: config.policy,
             guard: Mutex::new(config.guard),
@@ -116,7 +122,6 @@ impl KeydService {
             ledger: Mutex::new(config.ledger),
             address: format!("0x{}", hex::encode(address)),
             did,
-            recipients,
             max_batch: config.max_batch,
             sync_each_request: config.sync_each_request,
         }

@@ -2,10 +2,8 @@
 //! backend do the work. Called through [`KeydService::handle`], which authorizes, bounds and
 //! audits them.
 
-use base64::Engine as _;
 use keyd_proto::v1;
-use sha2::{Digest, Sha256};
-use stream::{hexenc, sealed};
+use stream::signer::ChunkKeySource;
 
 use super::parallel::parallel_map;
 use super::purpose;
@@ -70,7 +68,8 @@ impl KeydService {
                 backend: info.class.into(),
                 backend_detail: info.detail.into(),
                 recipients: self
-                    .recipients
+                    .chunk_keys
+                    .recipients()
                     .iter()
                     .map(|r| v1::Recipient {
                         recipient_id: r.recipient_id.clone(),
@@ -144,41 +143,18 @@ impl KeydService {
         count: usize,
     ) -> Result<Vec<v1::ChunkKey>, RequestError> {
         self.handle(caller, Operation::NewChunkKeys, count, || {
-            let keys = (0..count)
-                .map(|_| {
-                    let mut device = zeroize::Zeroizing::new([0u8; 32]);
-                    let mut os = zeroize::Zeroizing::new([0u8; 32]);
-                    self.backend.random(&mut *device)?;
-                    getrandom::getrandom(&mut *os).map_err(|_| {
-                        RequestError::Internal("the OS random number generator failed".into())
-                    })?;
-                    let mut mix = Sha256::new();
-                    mix.update(*device);
-                    mix.update(*os);
-                    let key = stream::keys::Secret32::from_bytes(mix.finalize().into());
-                    let recipients = self
-                        .recipients
-                        .iter()
-                        .map(|r| {
-                            let wrapped = sealed::seal_key(&key, &r.public_key)
-                                .map_err(|e| RequestError::Internal(e.to_string()))?;
-                            Ok(v1::KeyRecipient {
-                                recipient_id: r.recipient_id.clone(),
-                                recipient_type: r.recipient_type.clone(),
-                                algorithm: stream::chain::RECIPIENT_ALGORITHM.into(),
-                                public_key_hex: r.public_key_hex.clone(),
-                                wrapped_key_hex: hex::encode(wrapped),
-                            })
-                        })
-                        .collect::<Result<Vec<_>, RequestError>>()?;
-                    Ok(v1::ChunkKey {
-                        key: key.expose().to_vec(),
-                        key_commitment: hexenc::key_commitment(key.expose()),
-                        recipients,
+            let keys = self.chunk_keys.new_chunk_keys(count).map_err(|e| {
+                RequestError::Provider(stream::provider::ProviderError::Failed(e.to_string()))
+            })?;
+            done(
+                keys.into_iter()
+                    .map(|k| v1::ChunkKey {
+                        key: k.key.expose().to_vec(),
+                        key_commitment: k.commitment,
+                        recipients: k.recipients.into_iter().map(key_recipient).collect(),
                     })
-                })
-                .collect::<Result<Vec<_>, RequestError>>()?;
-            done(keys)
+                    .collect(),
+            )
         })
     }
 
@@ -226,46 +202,22 @@ impl KeydService {
                     }
                 }
             }
-            let machine = self.backend.box_public();
             let entries = chunks
                 .iter()
                 .enumerate()
                 .map(|(i, chunk)| {
-                    let entry = stream::chain::recipient_for(chunk, machine.as_bytes())
-                        .ok_or_else(|| {
-                            RequestError::Invalid(format!(
-                                "chunk {i} (index {}): no key recipient is sealed to this machine",
-                                chunk.index
-                            ))
+                    let entry = stream::access::grant_entry(chunk, &self.provider, &buyer)
+                        .map_err(|e| match e {
+                            stream::access::GrantError::Provider { reason, .. } => {
+                                RequestError::Provider(stream::provider::ProviderError::Failed(
+                                    format!("chunk {i}: {reason}"),
+                                ))
+                            }
+                            other => RequestError::Invalid(format!("chunk {i}: {other}")),
                         })?;
-                    let wrapped = hexenc::decode("wrappedKeyHex", &entry.wrapped_key_hex)
-                        .map_err(|e| RequestError::Invalid(format!("chunk {i}: {e}")))?;
-                    let key = sealed::open_key_with(&wrapped, machine.as_bytes(), |epk| {
-                        self.backend.x25519(epk)
-                    })?
-                    .ok_or_else(|| {
-                        RequestError::Invalid(format!(
-                            "chunk {i} (index {}): the machine's wrapped key does not open",
-                            chunk.index
-                        ))
-                    })?;
-                    if hexenc::key_commitment(key.expose()) != chunk.encryption.key_commitment {
-                        return Err(RequestError::Invalid(format!(
-                            "chunk {i} (index {}): the opened key does not match keyCommitment",
-                            chunk.index
-                        )));
-                    }
-                    let wrapped = sealed::seal_key(&key, &buyer.public_key)
-                        .map_err(|e| RequestError::Internal(e.to_string()))?;
                     Ok(v1::BuyerAccessEntry {
-                        chunk_id: chunk.chunk_id.clone(),
-                        buyer: Some(v1::KeyRecipient {
-                            recipient_id: buyer.recipient_id.clone(),
-                            recipient_type: "buyer".into(),
-                            algorithm: stream::chain::RECIPIENT_ALGORITHM.into(),
-                            public_key_hex: buyer.public_key_hex.clone(),
-                            wrapped_key_hex: hex::encode(wrapped),
-                        }),
+                        chunk_id: entry.chunk_id,
+                        buyer: Some(key_recipient(entry.buyer)),
                     })
                 })
                 .collect::<Result<Vec<_>, RequestError>>()?;
@@ -288,14 +240,20 @@ impl KeydService {
             let sealed = plaintexts
                 .iter()
                 .map(|p| {
-                    let (iv, sealed) = self.backend.aes_gcm_encrypt(p)?;
-                    let mut packed = Vec::with_capacity(12 + sealed.len());
-                    packed.extend_from_slice(&iv);
-                    packed.extend_from_slice(&sealed);
-                    Ok(base64::engine::general_purpose::STANDARD.encode(packed))
+                    stream::local::encrypt_field(&self.provider, p).map_err(RequestError::from)
                 })
                 .collect::<Result<Vec<_>, RequestError>>()?;
             done(sealed)
         })
+    }
+}
+
+fn key_recipient(r: stream::chain::KeyRecipient) -> v1::KeyRecipient {
+    v1::KeyRecipient {
+        recipient_id: r.recipient_id,
+        recipient_type: r.recipient_type,
+        algorithm: r.algorithm,
+        public_key_hex: r.public_key_hex,
+        wrapped_key_hex: r.wrapped_key_hex,
     }
 }

@@ -145,12 +145,11 @@ impl ChainLinker {
     }
 }
 
-/// Reads a byte stream as `chunk_size` slices, one at a time (memory bounded), hashing
-/// the whole input for the manifest's `sourceHash`. An empty input gives one empty chunk.
+/// Reads a byte stream as `chunk_size` slices, one at a time (memory bounded). An empty
+/// input gives one empty chunk. (The chain writer hashes the plaintexts for `sourceHash`.)
 pub struct ChunkReader<R> {
     input: R,
     chunk_size: usize,
-    source: Sha256,
     produced: u64,
     done: bool,
 }
@@ -161,7 +160,6 @@ impl<R: Read> ChunkReader<R> {
         ChunkReader {
             input,
             chunk_size,
-            source: Sha256::new(),
             produced: 0,
             done: false,
         }
@@ -190,18 +188,7 @@ impl<R: Read> ChunkReader<R> {
                 return Ok(false);
             }
         }
-        self.source.update(&buffer[..]);
         self.produced += 1;
         Ok(true)
-    }
-
-    /// `0x` + sha256 of everything read; call after the last chunk.
-    pub fn source_hash(&self) -> String {
-        hexenc::digest_0x(&self.source.clone().finalize())
-    }
-
-    /// How many chunks were produced.
-    pub fn chunks_read(&self) -> u64 {
-        self.produced
     }
 }

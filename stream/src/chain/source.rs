@@ -1,6 +1,10 @@
-//! A SHA-256 whose state can be saved and resumed, for the manifest's `sourceHash` (the hash
-//! of every chunk plaintext so far): after a restart the agent continues it without the
-//! earlier plaintexts, which it can no longer decrypt.
+//! The manifest's `sourceHash`: a SHA-256 of every chunk plaintext so far, whose state can
+//! be saved and resumed, so that a writer restarted after a crash continues it without the
+//! earlier plaintexts (the edge agent cannot decrypt its own chunks).
+//!
+//! Written over `sha2::compress256` with the padding of FIPS 180-4 by hand: sha2 0.10 cannot
+//! save its state (0.11 can, but belongs to the next RustCrypto generation, which this
+//! graph's crypto_box 0.9 cannot share). Checked against `sha2::Sha256` below.
 
 use serde::{Deserialize, Serialize};
 use sha2::digest::generic_array::GenericArray;
@@ -11,14 +15,14 @@ const INITIAL: [u32; 8] = [
 
 /// The running hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceHash {
+pub struct SourceHasher {
     state: [u32; 8],
     /// Bytes not yet in a full 64-byte block.
     pending: Vec<u8>,
     length: u64,
 }
 
-/// The saved form (hex), kept in the spool's state file.
+/// The saved form (hex), kept with a writer's [`super::ChainState`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SavedSourceHash {
@@ -27,9 +31,9 @@ pub struct SavedSourceHash {
     length: u64,
 }
 
-impl Default for SourceHash {
+impl Default for SourceHasher {
     fn default() -> Self {
-        SourceHash {
+        SourceHasher {
             state: INITIAL,
             pending: Vec::with_capacity(64),
             length: 0,
@@ -37,7 +41,8 @@ impl Default for SourceHash {
     }
 }
 
-impl SourceHash {
+impl SourceHasher {
+    /// Adds the next bytes of the source.
     pub fn update(&mut self, mut data: &[u8]) {
         self.length += data.len() as u64;
         if !self.pending.is_empty() {
@@ -47,16 +52,19 @@ impl SourceHash {
             if self.pending.len() < 64 {
                 return;
             }
-            let block = GenericArray::clone_from_slice(&self.pending);
-            sha2::compress256(&mut self.state, &[block]);
+            sha2::compress256(
+                &mut self.state,
+                std::slice::from_ref(GenericArray::from_slice(&self.pending)),
+            );
             self.pending.clear();
         }
         let full = data.len() / 64 * 64;
-        let blocks: Vec<_> = data[..full]
-            .chunks_exact(64)
-            .map(GenericArray::clone_from_slice)
-            .collect();
-        sha2::compress256(&mut self.state, &blocks);
+        for block in data[..full].chunks_exact(64) {
+            sha2::compress256(
+                &mut self.state,
+                std::slice::from_ref(GenericArray::from_slice(block)),
+            );
+        }
         self.pending.extend_from_slice(&data[full..]);
     }
 
@@ -78,6 +86,7 @@ impl SourceHash {
         format!("0x{}", hex::encode(bytes))
     }
 
+    /// The state, to resume from later.
     pub fn save(&self) -> SavedSourceHash {
         SavedSourceHash {
             state: hex::encode(
@@ -91,6 +100,7 @@ impl SourceHash {
         }
     }
 
+    /// Resumes a saved state; `None` when it is not one.
     pub fn restore(saved: &SavedSourceHash) -> Option<Self> {
         let state = hex::decode(&saved.state).ok()?;
         let pending = hex::decode(&saved.pending).ok()?;
@@ -101,7 +111,7 @@ impl SourceHash {
         for (w, bytes) in words.iter_mut().zip(state.chunks_exact(4)) {
             *w = u32::from_be_bytes(bytes.try_into().ok()?);
         }
-        Some(SourceHash {
+        Some(SourceHasher {
             state: words,
             pending,
             length: saved.length,
@@ -118,9 +128,9 @@ mod tests {
     fn equals_sha256_across_saves_and_odd_splits() {
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
         for split in [0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 4999, 5000] {
-            let mut h = SourceHash::default();
+            let mut h = SourceHasher::default();
             h.update(&data[..split]);
-            let mut h = SourceHash::restore(&h.save()).unwrap();
+            let mut h = SourceHasher::restore(&h.save()).unwrap();
             h.update(&data[split..]);
             assert_eq!(
                 h.digest(),
@@ -129,7 +139,7 @@ mod tests {
             );
         }
         assert_eq!(
-            SourceHash::default().digest(),
+            SourceHasher::default().digest(),
             format!("0x{}", hex::encode(Sha256::digest(b"")))
         );
     }
