@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use stream::mapfile::{self, line_of, MapError, Spanned};
 use stream::rules::{FieldRules, FieldRulesDoc};
 
 use crate::msg::{MsgType, Registry};
@@ -21,23 +22,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// `line` is 0 when the problem has no single line (e.g. a missing section).
-    #[error("{}", display_invalid(.path, *.line, .key, .message))]
-    Invalid {
-        path: String,
-        line: usize,
-        key: String,
-        message: String,
-    },
-}
-
-fn display_invalid(path: &str, line: usize, key: &str, message: &str) -> String {
-    match (line, key.is_empty()) {
-        (0, true) => format!("{path}: {message}"),
-        (0, false) => format!("{path}: {key}: {message}"),
-        (_, true) => format!("{path}:{line}: {message}"),
-        (_, false) => format!("{path}:{line}: {key}: {message}"),
-    }
+    /// Names the file, the line (0 when there is no single one) and the key.
+    #[error(transparent)]
+    Invalid(#[from] MapError),
 }
 
 /// Reliability and history of a subscription.
@@ -210,23 +197,24 @@ struct KeydDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetricsDoc {
-    listen: String,
+    listen: Spanned<String>,
 }
 
+// Values checked after parsing are `Spanned`, so that an error names their line.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopicDoc {
-    topic: String,
+    topic: Spanned<String>,
     #[serde(rename = "type")]
-    type_name: String,
+    type_name: Spanned<String>,
     #[serde(default)]
-    qos: Qos,
+    qos: Option<Spanned<Qos>>,
     #[serde(alias = "schemaVersion")]
-    schema_version: String,
+    schema_version: Spanned<String>,
     #[serde(default, alias = "fieldRules")]
     field_rules: Option<FieldRulesDoc>,
     #[serde(default)]
-    chunk: ChunkBounds,
+    chunk: Option<Spanned<ChunkBounds>>,
     #[serde(default)]
     output: Option<PathBuf>,
 }
@@ -240,7 +228,7 @@ struct MapDoc {
     #[serde(default, alias = "outputDir")]
     output_dir: Option<PathBuf>,
     #[serde(default, alias = "msgDirs")]
-    msg_dirs: Vec<PathBuf>,
+    msg_dirs: Vec<Spanned<PathBuf>>,
     #[serde(default, alias = "nodeName")]
     node_name: Option<String>,
     #[serde(default, alias = "domainId")]
@@ -248,12 +236,12 @@ struct MapDoc {
     #[serde(default, alias = "spoolFsync")]
     spool_fsync: Option<SpoolFsync>,
     #[serde(default)]
-    batch: BatchConfig,
+    batch: Option<Spanned<BatchConfig>>,
     #[serde(default)]
     queue: QueueConfig,
     #[serde(default)]
     metrics: Option<MetricsDoc>,
-    topics: Vec<TopicDoc>,
+    topics: Spanned<Vec<TopicDoc>>,
 }
 
 /// One captured topic, resolved.
@@ -309,16 +297,6 @@ pub fn topic_slug(topic: &str) -> String {
     }
 }
 
-/// The first line (1-based) whose text contains `key:` followed by `value`, else 0.
-fn line_of(text: &str, key: &str, value: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            l.find(&format!("{key}:"))
-                .is_some_and(|i| value.is_empty() || l[i..].contains(value))
-        })
-        .map_or(0, |i| i + 1)
-}
-
 impl AgentConfig {
     /// Reads and validates a map file; relative paths are taken from the map's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -331,22 +309,10 @@ impl AgentConfig {
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let invalid = |line: usize, key: &str, message: String| ConfigError::Invalid {
-            path: origin.clone(),
-            line,
-            key: key.to_string(),
-            message,
+        let invalid = |line: u64, key: &str, message: String| {
+            ConfigError::Invalid(MapError::at(&origin, line, key, message))
         };
-        let doc: MapDoc = serde_yaml::from_str(text).map_err(|e| {
-            let line = e.location().map_or(0, |l| l.line());
-            // serde_yaml puts the key path first ("topics[0].qos: unknown field …").
-            let message = e.to_string();
-            let message = match message.rfind(" at line ") {
-                Some(i) => message[..i].to_string(),
-                None => message,
-            };
-            invalid(line, "", message)
-        })?;
+        let doc: MapDoc = mapfile::from_yaml(text, &origin)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let absolute = |p: &Path| {
             if p.is_absolute() {
@@ -358,24 +324,20 @@ impl AgentConfig {
 
         let mut registry = Registry::shipped();
         for (i, dir) in doc.msg_dirs.iter().enumerate() {
-            registry.add_dir(&absolute(dir)).map_err(|e| {
-                invalid(
-                    line_of(text, "msg_dirs", ""),
-                    &format!("msg_dirs[{i}]"),
-                    e.to_string(),
-                )
-            })?;
+            registry
+                .add_dir(&absolute(&dir.value))
+                .map_err(|e| invalid(line_of(dir), &format!("msg_dirs[{i}]"), e.to_string()))?;
         }
 
         let metrics = match &doc.metrics {
             None => None,
             Some(m) => {
-                let line = line_of(text, "listen", &m.listen);
-                let addr: SocketAddr = m.listen.parse().map_err(|_| {
+                let line = line_of(&m.listen);
+                let addr: SocketAddr = m.listen.value.parse().map_err(|_| {
                     invalid(
                         line,
                         "metrics.listen",
-                        format!("{:?} is not an address:port", m.listen),
+                        format!("{:?} is not an address:port", m.listen.value),
                     )
                 })?;
                 if !addr.ip().is_loopback() {
@@ -390,16 +352,20 @@ impl AgentConfig {
                 Some(addr)
             }
         };
-        if doc.batch.max_messages == 0 {
+        let batch = doc
+            .batch
+            .as_ref()
+            .map_or_else(BatchConfig::default, |b| b.value);
+        if batch.max_messages == 0 {
             return Err(invalid(
-                line_of(text, "max_messages", ""),
+                doc.batch.as_ref().map_or(0, line_of),
                 "batch.max_messages",
                 "must be at least 1".into(),
             ));
         }
-        if doc.topics.is_empty() {
+        if doc.topics.value.is_empty() {
             return Err(invalid(
-                line_of(text, "topics", ""),
+                line_of(&doc.topics),
                 "topics",
                 "names no topic".into(),
             ));
@@ -407,66 +373,60 @@ impl AgentConfig {
 
         let spool_dir = absolute(&doc.spool_dir);
         let mut topics: Vec<TopicConfig> = Vec::new();
-        for (i, t) in doc.topics.into_iter().enumerate() {
+        for (i, t) in doc.topics.value.into_iter().enumerate() {
             let key = |k: &str| format!("topics[{i}].{k}");
-            let topic_line = line_of(text, "topic", &t.topic);
-            if !t.topic.starts_with('/') || t.topic.len() < 2 || t.topic.contains("//") {
+            let topic_line = line_of(&t.topic);
+            let name = t.topic.value;
+            if !name.starts_with('/') || name.len() < 2 || name.contains("//") {
                 return Err(invalid(
                     topic_line,
                     &key("topic"),
-                    format!(
-                        "{:?} is not an absolute ROS 2 topic name like /imu",
-                        t.topic
-                    ),
+                    format!("{name:?} is not an absolute ROS 2 topic name like /imu"),
                 ));
             }
-            if topics.iter().any(|o| o.topic == t.topic) {
+            if topics.iter().any(|o| o.topic == name) {
                 return Err(invalid(
                     topic_line,
                     &key("topic"),
-                    format!("{:?} appears twice", t.topic),
+                    format!("{name:?} appears twice"),
                 ));
             }
-            let msg_type = registry.resolve(&t.type_name).map_err(|e| {
-                invalid(
-                    line_of(text, "type", &t.type_name),
-                    &key("type"),
-                    e.to_string(),
-                )
-            })?;
-            if t.schema_version.trim().is_empty() {
+            let msg_type = registry
+                .resolve(&t.type_name.value)
+                .map_err(|e| invalid(line_of(&t.type_name), &key("type"), e.to_string()))?;
+            if t.schema_version.value.trim().is_empty() {
                 return Err(invalid(
-                    line_of(text, "schema_version", ""),
+                    line_of(&t.schema_version),
                     &key("schema_version"),
                     "must not be empty".into(),
                 ));
             }
-            if t.chunk.max_bytes == 0
-                || t.chunk.max_messages == Some(0)
-                || t.chunk.max_age_ms == Some(0)
+            let chunk = t
+                .chunk
+                .as_ref()
+                .map_or_else(ChunkBounds::default, |c| c.value);
+            if chunk.max_bytes == 0 || chunk.max_messages == Some(0) || chunk.max_age_ms == Some(0)
             {
                 return Err(invalid(
-                    line_of(text, "chunk", ""),
+                    t.chunk.as_ref().map_or(topic_line, line_of),
                     &key("chunk"),
                     "bounds must be at least 1".into(),
                 ));
             }
-            if t.qos.depth == Some(0) {
+            let qos = t.qos.as_ref().map_or_else(Qos::default, |q| q.value);
+            if qos.depth == Some(0) {
                 return Err(invalid(
-                    line_of(text, "depth", ""),
+                    t.qos.as_ref().map_or(topic_line, line_of),
                     &key("qos.depth"),
                     "must be at least 1".into(),
                 ));
             }
-            let slug = topic_slug(&t.topic);
+            let slug = topic_slug(&name);
             if topics.iter().any(|o| topic_slug(&o.topic) == slug) {
                 return Err(invalid(
                     topic_line,
                     &key("topic"),
-                    format!(
-                        "{:?} maps to the same directory name {slug:?} as another topic",
-                        t.topic
-                    ),
+                    format!("{name:?} maps to the same directory name {slug:?} as another topic"),
                 ));
             }
             let output = match (&t.output, &doc.output_dir) {
@@ -481,16 +441,16 @@ impl AgentConfig {
                 }
             };
             topics.push(TopicConfig {
-                topic: t.topic,
-                type_name: t.type_name,
+                topic: name,
+                type_name: t.type_name.value,
                 msg_type,
-                qos: t.qos,
-                schema_version: t.schema_version,
+                qos,
+                schema_version: t.schema_version.value,
                 rules: t
                     .field_rules
                     .map(FieldRulesDoc::into_rules)
                     .unwrap_or_default(),
-                chunk: t.chunk,
+                chunk,
                 output,
                 spool: spool_dir.join(&slug),
             });
@@ -504,7 +464,7 @@ impl AgentConfig {
             node_name: doc.node_name.unwrap_or_else(|| "edge_agent".into()),
             domain_id: doc.domain_id.unwrap_or(0),
             spool_fsync: doc.spool_fsync.unwrap_or(SpoolFsync::Batch),
-            batch: doc.batch,
+            batch,
             queue: doc.queue,
             metrics,
             topics,
@@ -590,13 +550,42 @@ topics:
         );
 
         let e = error(&GOOD.replace("action: encrypt", "action: encrpyt"));
-        assert!(e.contains(":20:") && e.contains("unknown action"), "{e}");
+        assert!(
+            e.starts_with("/etc/edge-agent/map.yaml:21: topics[1].field_rules.rules[0].action: unknown action"),
+            "{e}"
+        );
 
         let e = error(&GOOD.replace("/robot/status", "/imu"));
-        assert!(e.contains("topics[1].topic") && e.contains("twice"), "{e}");
+        assert!(
+            e.starts_with("/etc/edge-agent/map.yaml:15: topics[1].topic:") && e.contains("twice"),
+            "{e}"
+        );
 
         let e = error(&GOOD.replace("max_bytes: 65536", "max_bytes: 0"));
-        assert!(e.contains("topics[0].chunk"), "{e}");
+        assert!(
+            e.starts_with("/etc/edge-agent/map.yaml:14: topics[0].chunk:"),
+            "{e}"
+        );
+
+        // The second topic's errors name the second topic's lines, camelCase keys too.
+        let e = error(&GOOD.replace("std_msgs/String", "std_msgs/Nope"));
+        assert!(
+            e.starts_with("/etc/edge-agent/map.yaml:16: topics[1].type:"),
+            "{e}"
+        );
+        let e = error(&GOOD.replace("schemaVersion: \"2\"", "schemaVersion: \" \""));
+        assert!(
+            e.starts_with("/etc/edge-agent/map.yaml:17: topics[1].schema_version:"),
+            "{e}"
+        );
+        let e = error(&GOOD.replace(
+            "          action: encrypt",
+            "          action: encrypt\n          bogus: 1",
+        ));
+        assert!(
+            e.starts_with("/etc/edge-agent/map.yaml:22: topics[1].field_rules.rules[0].bogus:"),
+            "{e}"
+        );
 
         let e = error(&GOOD.replace("output_dir: /data/out\n", ""));
         assert!(e.contains("topics[0].output"), "{e}");

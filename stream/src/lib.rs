@@ -14,6 +14,7 @@ pub mod json;
 pub mod keys;
 pub mod layout;
 pub mod local;
+pub mod mapfile;
 pub mod package;
 pub mod provider;
 pub mod rules;

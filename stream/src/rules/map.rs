@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{Action, FieldRules, Rule, Strategy};
+use crate::mapfile::{self, line_of, Spanned};
 
 /// A map file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +22,9 @@ pub enum MapError {
         #[source]
         source: std::io::Error,
     },
-    #[error("map {path}: {message}")]
-    Invalid { path: String, message: String },
+    /// Names the file, the line and the key.
+    #[error(transparent)]
+    Invalid(#[from] crate::mapfile::MapError),
 }
 
 /// Field rules per topic name.
@@ -52,7 +54,7 @@ struct MapDoc {
 
 #[derive(Deserialize)]
 struct TopicDoc {
-    topic: String,
+    topic: Spanned<String>,
     #[serde(default, alias = "fieldRules")]
     field_rules: Option<FieldRulesDoc>,
 }
@@ -125,28 +127,22 @@ impl FieldRulesDoc {
 
 /// Parses map text; `origin` names the file in errors.
 pub fn parse_map(text: &str, origin: &str) -> Result<TopicRules, MapError> {
-    let invalid = |message: String| MapError::Invalid {
-        path: origin.to_string(),
-        message,
-    };
-    // JSON is YAML, except that YAML has no surrogate-pair escapes (`\ud83d\ude00`):
-    // read a JSON document as JSON.
-    let doc: MapDoc = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?
-    } else {
-        serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?
-    };
+    let doc: MapDoc = mapfile::from_text(text, origin)?;
     let mut by_topic = HashMap::new();
     for (i, topic) in doc.topics.into_iter().enumerate() {
         let rules = topic
             .field_rules
             .map(FieldRulesDoc::into_rules)
             .unwrap_or_default();
-        if by_topic.insert(topic.topic.clone(), rules).is_some() {
-            return Err(invalid(format!(
-                "topics[{i}]: topic {:?} appears twice",
-                topic.topic
-            )));
+        let line = line_of(&topic.topic);
+        if by_topic.insert(topic.topic.value.clone(), rules).is_some() {
+            return Err(crate::mapfile::MapError::at(
+                origin,
+                line,
+                format!("topics[{i}].topic"),
+                format!("{:?} appears twice", topic.topic.value),
+            )
+            .into());
         }
     }
     Ok(TopicRules { by_topic })

@@ -186,7 +186,7 @@ fn map_file_errors_name_line_and_key() {
     let err = parse_map("topics:\n  - topic: /a\n    field_rules:\n      rules:\n        - field_path: x\n          actoin: exclude\n", "m.yaml").unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("m.yaml") && text.contains("actoin") && text.contains("line 6"),
+        text.starts_with("m.yaml:6: topics[0].field_rules.rules[0].actoin: unknown field"),
         "{text}"
     );
     let err = parse_map("topics:\n  - topic: /a\n    fieldRules:\n      rules:\n        - fieldPath: x\n          action: exclud\n", "m.yaml").unwrap_err();
@@ -203,8 +203,19 @@ fn map_file_errors_name_line_and_key() {
     )
     .unwrap_err();
     assert!(
-        err.to_string().contains("rulez") && err.to_string().contains("line 2"),
+        err.to_string()
+            .starts_with("m.json:2: topics[0].field_rules.rulez: unknown field"),
         "{err}"
+    );
+    // A topic named twice: the second one's line.
+    let err = parse_map(
+        "topics:\n  - topic: /a\n  - topic: /b\n  - topic: /a\n",
+        "m.yaml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "m.yaml:4: topics[2].topic: \"/a\" appears twice"
     );
     assert!(ok.for_topic("/b").is_none());
 }
