@@ -3,6 +3,8 @@
 //! Messages go to stderr, machine output (`--json`) to stdout. Exit codes: 0 ok,
 //! 1 a check failed, 2 bad usage or input.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod cmd;
 mod output;

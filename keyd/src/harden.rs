@@ -78,7 +78,8 @@ impl<T> Drop for Locked<T> {
 /// `ptr` must be valid for writes of `len` bytes.
 unsafe fn wipe(ptr: *mut u8, len: usize) {
     for i in 0..len {
-        std::ptr::write_volatile(ptr.add(i), 0);
+        // SAFETY: within the `len` bytes the caller vouches for.
+        unsafe { std::ptr::write_volatile(ptr.add(i), 0) };
     }
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }

@@ -3,6 +3,8 @@
 //! `stream` signing traits, so the CLI and the agent sign through keyd exactly as they
 //! would with in-process keys.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 
 /// Generated from `proto/keyd.proto`.

@@ -59,7 +59,7 @@ struct StructVisitor<'t>(&'t MsgType);
 
 impl<'de> Visitor<'de> for StructVisitor<'_> {
     type Value = Map<String, Value>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "a {} message", self.0.name)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -152,7 +152,7 @@ pub fn float_value(x: f64) -> Value {
 
 impl<'de> Visitor<'de> for PrimitiveVisitor {
     type Value = Value;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "a {:?}", self.0)
     }
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
@@ -185,7 +185,7 @@ struct ArrayVisitor<'t> {
 
 impl<'de> Visitor<'de> for ArrayVisitor<'_> {
     type Value = Value;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
@@ -212,7 +212,7 @@ struct OctetSequenceVisitor;
 
 impl<'de> Visitor<'de> for OctetSequenceVisitor {
     type Value = Value;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a byte sequence")
     }
     fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
@@ -230,7 +230,7 @@ struct OctetTupleVisitor(usize);
 
 impl<'de> Visitor<'de> for OctetTupleVisitor {
     type Value = Value;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} bytes", self.0)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
