@@ -22,14 +22,17 @@ pub const DEFAULT_MAX_FILE_SIZE: usize = 512_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BuyerAccessEntry {
+    /// The `chunkId` of the chunk whose key this entry carries.
     #[serde(alias = "chunk_id")]
     pub chunk_id: String,
+    /// The chunk key sealed to the buyer (`recipientType` `buyer`, `x25519-sealedbox`).
     pub buyer: KeyRecipient,
 }
 
 /// Who the buyer is: the id entries are matched by, and the X25519 key they are sealed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuyerIdentity {
+    /// The buyer's `recipientId`: written into every entry, and how entries are found again.
     pub recipient_id: String,
     /// As given (written into entries and file names unchanged, like the reference).
     pub public_key_hex: String,
@@ -38,6 +41,9 @@ pub struct BuyerIdentity {
 }
 
 impl BuyerIdentity {
+    /// The buyer `recipient_id` with the X25519 public key `public_key_hex` (32 bytes of hex,
+    /// optional `0x`); both are trimmed of surrounding whitespace. Fails when the key is not
+    /// 32 bytes of hex or is a low-order point.
     pub fn new(recipient_id: &str, public_key_hex: &str) -> Result<Self, crate::hexenc::HexError> {
         let public_key_hex = public_key_hex.trim();
         Ok(BuyerIdentity {
@@ -51,18 +57,38 @@ impl BuyerIdentity {
 /// A grant that could not be made for one chunk.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
+    /// No entry of the chunk's `keyRecipients` is sealed to the granting key.
     #[error("chunk {index}: no key recipient is sealed to this key (public key {public_key})")]
-    NoRecipient { index: u64, public_key: String },
+    NoRecipient {
+        /// The chunk's index.
+        index: u64,
+        /// The granting key's public key, as hex.
+        public_key: String,
+    },
+    /// The granter's copy of the chunk key is not valid hex, does not open, or does not
+    /// match the chunk's `keyCommitment`.
     #[error("chunk {index}: {source}")]
     Open {
+        /// The chunk's index.
         index: u64,
+        /// The check that failed.
         #[source]
         source: DecryptError,
     },
+    /// Sealing the chunk key to the buyer's public key failed.
     #[error("chunk {index}: sealing to the buyer failed")]
-    Seal { index: u64 },
+    Seal {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// The key agreement behind the granting key (a token, keyd's backend) failed.
     #[error("chunk {index}: {reason}")]
-    Provider { index: u64, reason: String },
+    Provider {
+        /// The chunk's index.
+        index: u64,
+        /// The provider's error message.
+        reason: String,
+    },
 }
 
 /// Opens the chunk key with `key` (the recipient entry sealed to it; the key's secret may be
@@ -109,9 +135,11 @@ pub fn grant_entry(
 /// One access file, ready to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessFile {
+    /// `{buyerPublicKeyHex}-{n}.json`, `n` counting from 1.
     pub file_name: String,
     /// Compact JSON, exactly as the reference writes it (no trailing newline).
     pub text: String,
+    /// How many entries the file holds.
     pub entries: usize,
 }
 
@@ -221,16 +249,28 @@ fn make_file(
 /// An access directory that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessReadError {
+    /// The directory holds no `*.json` file; holds the directory.
     #[error("no buyer access files (*.json) in {0}")]
     Empty(String),
+    /// The directory or one of its files could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The directory or file.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A file is not a valid access file: not JSON, not an object, another `schemaVersion`,
+    /// no `buyerPublicKeyHex` or `entries`, or an entry that does not parse or has an
+    /// empty `chunkId`.
     #[error("access file {path}: {reason}")]
-    Invalid { path: String, reason: String },
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Reads every `*.json` access file in `dir` and returns the entries of `buyer_id`,

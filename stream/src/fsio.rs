@@ -1,6 +1,6 @@
 //! Atomic file writes: the one way every crate here replaces a file.
 //!
-//! The bytes go to a temporary file beside the target (`.{name}.tmp-{pid}`), which is renamed
+//! The bytes go to a temporary file beside the target (`.{name}.tmp-{pid}-{n}`), which is renamed
 //! over the target only when complete, so a reader (or a process restarted after a crash)
 //! sees the old file or the new one, never half of one. With [`Durability::Synced`] the file
 //! is fsynced before the rename and its directory after it: once the call returns, the new
@@ -30,21 +30,24 @@ pub struct AtomicFile {
     durability: Durability,
 }
 
-/// The temporary name of `target`'s replacement.
+/// The temporary name of `target`'s replacement: unique to this process and this write, so
+/// two threads replacing the same file do not share one.
 fn temp_path(target: &Path) -> io::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    Ok(target.with_file_name(format!(".{name}.tmp-{}", std::process::id())))
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(target.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id())))
 }
 
 /// Whether `name` is a temporary file of [`AtomicFile`] (left behind by a crash).
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.')
-        && name
-            .rsplit_once(".tmp-")
-            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        && name.rsplit_once(".tmp-").is_some_and(|(_, tail)| {
+            !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+        })
 }
 
 impl AtomicFile {
@@ -91,7 +94,10 @@ impl AtomicFile {
             file.sync_all()?;
         }
         drop(file);
-        fs::rename(&self.temp, &self.target)?;
+        if let Err(e) = fs::rename(&self.temp, &self.target) {
+            let _ = fs::remove_file(&self.temp);
+            return Err(e);
+        }
         if self.durability == Durability::Synced {
             let dir = match self.target.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,

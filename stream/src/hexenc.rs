@@ -6,7 +6,9 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct HexError {
+    /// The field the text came from.
     pub field: String,
+    /// What is wrong with the text.
     pub reason: &'static str,
 }
 

@@ -14,6 +14,7 @@ use crate::hexenc;
 pub struct Secret32([u8; 32]);
 
 impl Secret32 {
+    /// Takes `bytes` as the secret.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Secret32(bytes)
     }
@@ -23,6 +24,7 @@ impl Secret32 {
         getrandom::getrandom(&mut bytes).map_err(|_| KeyError::Randomness)?;
         Ok(Secret32(bytes))
     }
+    /// The secret's bytes. A copy made of them is not zeroized.
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
     }
@@ -37,21 +39,40 @@ impl fmt::Debug for Secret32 {
 /// Why a key could not be read or used. Never carries key bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// A key file could not be read.
     #[error("cannot read key file {path}: {source}")]
     Read {
+        /// The key file.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A key file does not hold a 32-byte secret as hex (optional `0x`, 64 hex digits).
     #[error("key file {path} does not hold {what} (expected optional 0x and 64 hex digits)")]
-    Format { path: String, what: &'static str },
+    Format {
+        /// The key file.
+        path: String,
+        /// The kind of key it should hold.
+        what: &'static str,
+    },
+    /// The secret is not a valid key of its kind (a secp256k1 identity key must be a
+    /// non-zero scalar below the curve order).
     #[error("{what} is not a valid key")]
-    Invalid { what: &'static str },
+    Invalid {
+        /// The kind of key.
+        what: &'static str,
+    },
+    /// The operating system's random number generator failed.
     #[error("the operating system's random number generator failed")]
     Randomness,
+    /// A key file could not be written (also when it already exists: key files are
+    /// never overwritten).
     #[error("cannot write key file {path}: {source}")]
     Write {
+        /// The key file.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -117,6 +138,8 @@ pub struct IdentityKey {
 }
 
 impl IdentityKey {
+    /// The secp256k1 key whose scalar is `secret`; [`KeyError::Invalid`] when it is zero or
+    /// not below the curve order.
     pub fn from_secret(secret: &Secret32) -> Result<Self, KeyError> {
         let key = k256::ecdsa::SigningKey::from_slice(secret.expose()).map_err(|_| {
             KeyError::Invalid {
@@ -125,12 +148,16 @@ impl IdentityKey {
         })?;
         Ok(IdentityKey { key })
     }
+    /// The ECDSA signing key (EIP-191 package signatures).
     pub fn signing_key(&self) -> &k256::ecdsa::SigningKey {
         &self.key
     }
+    /// The 20-byte Ethereum address: the last 20 bytes of keccak256 of the uncompressed
+    /// public key without its `04` prefix.
     pub fn address(&self) -> [u8; 20] {
         crate::package::address_of(self.key.verifying_key())
     }
+    /// The machine DID: `did:peaq:0x` + the address in lowercase hex.
     pub fn did(&self) -> String {
         crate::package::did_of_address(&self.address())
     }
@@ -154,14 +181,17 @@ pub struct ChainKey {
 }
 
 impl ChainKey {
+    /// The Ed25519 key whose 32-byte seed is `secret`.
     pub fn from_secret(secret: &Secret32) -> Self {
         ChainKey {
             key: ed25519_dalek::SigningKey::from_bytes(secret.expose()),
         }
     }
+    /// The Ed25519 signing key (chunk signatures).
     pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         &self.key
     }
+    /// The 32-byte public key as hex: a chunk signature's `publicKeyHex`.
     pub fn public_key_hex(&self) -> String {
         hex::encode(self.key.verifying_key().as_bytes())
     }
@@ -181,11 +211,13 @@ pub struct BoxKey {
 }
 
 impl BoxKey {
+    /// The X25519 key whose private scalar is `secret` (clamped when used).
     pub fn from_secret(secret: &Secret32) -> Self {
         BoxKey {
             secret: x25519_dalek::StaticSecret::from(*secret.expose()),
         }
     }
+    /// The 32-byte public key.
     pub fn public_key(&self) -> [u8; 32] {
         x25519_dalek::PublicKey::from(&self.secret).to_bytes()
     }
@@ -193,6 +225,7 @@ impl BoxKey {
     pub fn box_public_key(&self) -> BoxPublicKey {
         BoxPublicKey(self.public_key())
     }
+    /// The public key as lowercase hex: a recipient's `publicKeyHex`.
     pub fn public_key_hex(&self) -> String {
         hex::encode(self.public_key())
     }
@@ -226,9 +259,11 @@ impl BoxPublicKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Option<Self> {
         (!is_low_order(&bytes)).then_some(BoxPublicKey(bytes))
     }
+    /// The key's 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+    /// The key as lowercase hex.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

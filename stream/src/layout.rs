@@ -16,15 +16,22 @@ use crate::json::{self, Layout};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
+    /// [`CHUNK_SCHEMA_VERSION`], as in the chunk envelopes.
     pub schema_version: String,
+    /// `sourceHash`: `0x` + sha256 hex of the whole input (every chunk's plaintext, in order).
     pub source_hash: String,
+    /// How many chunks the chain has.
     pub total_chunks: u64,
+    /// The bytes per chunk the input was cut into (the last chunk may be shorter).
     pub chunk_size: u64,
+    /// The DID of the machine whose chain it is.
     pub machine_did: String,
+    /// When the manifest was made, in UTC (`%Y-%m-%dT%H:%M:%SZ` as this crate writes it).
     pub created_at: String,
 }
 
 impl Manifest {
+    /// A manifest of [`CHUNK_SCHEMA_VERSION`], created now.
     pub fn new(
         source_hash: String,
         total_chunks: u64,
@@ -89,20 +96,33 @@ pub fn utc_iso8601(time: std::time::SystemTime, micros: bool) -> String {
 /// A published directory that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
+    /// A file or the directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A `chunk-{i}.json` is not a valid chunk envelope.
     #[error("{path}: {source}")]
     Envelope {
+        /// The envelope file.
         path: String,
+        /// Why it is not valid.
         #[source]
         source: EnvelopeError,
     },
+    /// `manifest.json` is not a valid manifest, or an envelope cannot be written as JSON.
     #[error("{path}: {reason}")]
-    Invalid { path: String, reason: String },
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The directory holds no `chunk-*.json`; holds the directory.
     #[error("no chunk files (chunk-*.json) in {0}")]
     NoChunks(String),
 }

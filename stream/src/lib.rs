@@ -6,6 +6,9 @@
 //! in-process implementations over key files in [`local`]; keyd implements the same
 //! traits over gRPC.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod access;
 pub mod chain;
 pub mod fsio;

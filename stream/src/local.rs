@@ -24,6 +24,7 @@ pub struct LocalPackageSigner {
 }
 
 impl LocalPackageSigner {
+    /// Signs as the key's own DID (its address in lowercase hex).
     pub fn new(key: IdentityKey) -> Self {
         let did = key.did();
         LocalPackageSigner { key, did }
@@ -67,6 +68,7 @@ pub struct LocalChunkSigner {
 }
 
 impl LocalChunkSigner {
+    /// Signs with `key`, naming `machine_did` and `key_id` in every chunk signature.
     pub fn new(key: ChainKey, machine_did: String, key_id: String) -> Self {
         let public_key_hex = key.public_key_hex();
         LocalChunkSigner {
@@ -108,19 +110,27 @@ impl ChunkHashSigner for LocalChunkSigner {
 /// A recipient every chunk key is sealed to.
 #[derive(Debug, Clone)]
 pub struct RecipientSpec {
+    /// The `recipientId` of its `keyRecipients` entries (`owner-1`, `operator-1`, …).
     pub recipient_id: String,
+    /// The `recipientType`: `owner`, `operator` or `machine`.
     pub recipient_type: String,
     /// As given by the operator: copied into envelopes unchanged (FORMATS.md §4).
     pub public_key_hex: String,
+    /// The parsed key, never a low-order point.
     pub public_key: crate::keys::BoxPublicKey,
 }
 
 impl RecipientSpec {
+    /// A recipient whose X25519 public key is `public_key_hex` (32 bytes of hex, optional
+    /// `0x`). Fails when the key is not that, or is a low-order point; the error names the
+    /// field after `recipient_type`.
     pub fn new(
         recipient_id: &str,
         recipient_type: &str,
         public_key_hex: &str,
     ) -> Result<Self, crate::hexenc::HexError> {
+        // As given, but without surrounding whitespace (a key pasted from a file).
+        let public_key_hex = public_key_hex.trim();
         Ok(RecipientSpec {
             recipient_id: recipient_id.into(),
             recipient_type: recipient_type.into(),
@@ -139,12 +149,14 @@ pub struct LocalChunkKeys<R = OsRandom> {
 }
 
 impl LocalChunkKeys {
+    /// Keys from the operating system's randomness, sealed to `recipients`.
     pub fn new(recipients: Vec<RecipientSpec>) -> Self {
         Self::with_randomness(recipients, OsRandom)
     }
 }
 
 impl<R: Randomness> LocalChunkKeys<R> {
+    /// Keys from `randomness`, sealed to `recipients`.
     pub fn with_randomness(recipients: Vec<RecipientSpec>, randomness: R) -> Self {
         LocalChunkKeys {
             recipients,
@@ -200,6 +212,7 @@ pub struct LocalGranter<K = BoxKey> {
 }
 
 impl<K: KeyAgreement> LocalGranter<K> {
+    /// Grants with `key`: each chunk must have a recipient entry sealed to it.
     pub fn new(key: K) -> Self {
         LocalGranter { key }
     }
@@ -230,6 +243,7 @@ pub struct LocalFieldEncryptor {
 }
 
 impl LocalFieldEncryptor {
+    /// Encrypts under the AES-256 field key `key`, with a fresh random IV per field.
     pub fn new(key: &Secret32) -> Self {
         LocalFieldEncryptor {
             cipher: Aes256Gcm::new(key.expose().into()),

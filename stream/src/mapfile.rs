@@ -19,6 +19,7 @@ pub struct MapError {
     pub line: u64,
     /// The key's path (`topics[0].field_rules.rules[1].action`), empty at the top.
     pub key: String,
+    /// What is wrong (a parser's message, without the position it added).
     pub message: String,
 }
 

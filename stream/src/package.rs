@@ -12,23 +12,38 @@ pub const DID_PREFIX: &str = "did:peaq:";
 /// Why a package document could not be read or verified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PackageError {
+    /// The document is not a JSON object.
     #[error("package is not a JSON object")]
     NotAnObject,
+    /// A required field is missing; holds its name.
     #[error("package field `{0}` is missing")]
     Missing(&'static str),
+    /// A field has the wrong JSON type.
     #[error("package field `{field}` must be {expected}")]
     WrongType {
+        /// The field.
         field: &'static str,
+        /// The type it must have.
         expected: &'static str,
     },
+    /// The DID is not `did:peaq:0x` followed by 40 hex digits; holds the DID.
     #[error("DID {0:?} is not did:peaq:0x followed by 40 hex digits")]
     BadDid(String),
+    /// The signature is not 65 bytes of hex (optional `0x`).
     #[error("signature is not 65 bytes of hex (r, s, v)")]
     SignatureFormat,
+    /// The signature recovers no public key: v is not 0, 1, 27 or 28, or r or s is invalid.
     #[error("signature does not recover a public key")]
     SignatureInvalid,
+    /// The signature recovers a signer other than the DID's address.
     #[error("recovered signer {recovered} does not match the package DID {did}")]
-    SignerMismatch { recovered: String, did: String },
+    SignerMismatch {
+        /// The recovered address, `0x` + lowercase hex.
+        recovered: String,
+        /// The package's DID.
+        did: String,
+    },
+    /// The envelope cannot be written as canonical JSON (a non-finite number).
     #[error("envelope cannot be made canonical: {0}")]
     Canonical(#[from] JsonError),
 }
@@ -189,12 +204,19 @@ pub fn recover_signer(message: &[u8], signature: &str) -> Result<[u8; 20], Packa
 /// were read as, so that verification canonicalizes exactly what was signed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataPackage {
+    /// The signing machine's DID, `did:peaq:0x` + its address.
     pub did: String,
+    /// `timestamp` (a free string as we write it).
     pub timestamp: Value,
+    /// `schemaVersion` (a free string as we write it).
     pub schema_version: Value,
+    /// `sequenceNumber` (`1.0` is not `1`).
     pub sequence_number: Value,
+    /// The message's fields after the field rules.
     pub payload: Value,
+    /// `0x` + hex of r ‖ s ‖ v (65 bytes): EIP-191 over the canonical envelope.
     pub signature: String,
+    /// `signingKeyId`, the signing key's id: not signed; null when absent.
     pub signing_key_id: Option<String>,
 }
 

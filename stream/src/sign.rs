@@ -9,38 +9,54 @@ use crate::signer::{FieldEncryptor, PackageSigner, SignerError};
 /// A captured message: `{"topic", "fields", "capturedAt", "sequenceNumber", "schemaVersion"}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnsignedMessage {
+    /// The topic the message was captured on; selects its field rules. Not signed.
     pub topic: String,
+    /// The message's fields, before the field rules.
     pub fields: Map,
+    /// `capturedAt`, signed as the package's `timestamp`.
     pub captured_at: String,
     /// A non-negative JSON integer (any size), kept as written.
     pub sequence_number: serde_json::Number,
+    /// `schemaVersion`, a non-empty string, signed as the package's `schemaVersion`.
     pub schema_version: String,
 }
 
 /// A message that cannot be signed, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageError {
+    /// The message is not JSON; holds the parser's message.
     #[error("invalid JSON: {0}")]
     Json(String),
+    /// The message is not a JSON object.
     #[error("expected a JSON object")]
     NotAnObject,
+    /// A field of the message is missing or invalid.
     #[error("field `{field}` {problem}")]
     Field {
+        /// The field's name.
         field: &'static str,
+        /// What is wrong with it.
         problem: &'static str,
     },
+    /// The topic's field rules cannot be applied to the message's fields.
     #[error(transparent)]
     Rule(#[from] RuleError),
+    /// The envelope cannot be written as canonical JSON (a non-finite number); holds the
+    /// reason.
     #[error("envelope: {0}")]
     Canonical(String),
 }
 
 impl UnsignedMessage {
+    /// Parses a captured message from JSON text; see [`UnsignedMessage::from_value`].
     pub fn from_json(text: &str) -> Result<Self, MessageError> {
         let value = json::parse(text).map_err(|e| MessageError::Json(e.to_string()))?;
         Self::from_value(value)
     }
 
+    /// Reads a captured message from a JSON object. Fails when a field is missing or of the
+    /// wrong type, when `sequenceNumber` is not a non-negative integer (`1.0` is refused),
+    /// or when `schemaVersion` is empty. Other keys are ignored.
     pub fn from_value(value: Value) -> Result<Self, MessageError> {
         let Value::Object(mut map) = value else {
             return Err(MessageError::NotAnObject);
@@ -121,12 +137,20 @@ pub fn sign_batch<'r>(
         .flatten()
         .flat_map(|r| r.pending.iter().map(|p| p.plaintext.as_slice()))
         .collect();
-    let mut ciphertexts = if plaintexts.is_empty() {
+    let ciphertexts = if plaintexts.is_empty() {
         Vec::new()
     } else {
         encryptor.encrypt_fields(&plaintexts)?
+    };
+    if ciphertexts.len() != plaintexts.len() {
+        // Ciphertexts would shift between messages: fail the batch, as for signatures.
+        return Err(SignerError::Unavailable(format!(
+            "{} ciphertexts for {} encrypted fields",
+            ciphertexts.len(),
+            plaintexts.len()
+        )));
     }
-    .into_iter();
+    let mut ciphertexts = ciphertexts.into_iter();
 
     let did = signer.did().to_string();
     let mut results: Vec<Result<(Value, Vec<u8>), MessageError>> =

@@ -11,6 +11,7 @@ use crate::keys::{KeyError, Secret32};
 /// Why a signer could not do what it was asked. Never carries key material.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
+    /// A key could not be read or used.
     #[error(transparent)]
     Key(#[from] KeyError),
     /// The signer's policy does not allow this caller the operation.
@@ -22,14 +23,19 @@ pub enum SignerError {
     Refused(String),
     /// A sequence number at or below one the signer already signed: ask it where the
     /// sequence continues, renumber, and try again.
-    #[error("refused: {0}")]
+    #[error("sequence: {0}")]
     Sequence(String),
     /// The signer could not be reached or failed: the same request may succeed later.
     #[error("signer unavailable: {0}")]
     Unavailable(String),
     /// Item `index` of the batch could not be processed.
     #[error("item {index}: {reason}")]
-    Item { index: usize, reason: String },
+    Item {
+        /// The item's position in the batch, from 0.
+        index: usize,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 impl SignerError {
@@ -50,8 +56,11 @@ pub trait PackageSigner: Send + Sync {
 /// The identity written into every chunk signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkSignerIdentity {
+    /// The machine DID, written as `signature.machineDid`.
     pub machine_did: String,
+    /// The chain key's id, written as `signature.keyId`.
     pub key_id: String,
+    /// The Ed25519 public key as hex, written as `signature.publicKeyHex`.
     pub public_key_hex: String,
 }
 
@@ -69,6 +78,7 @@ pub struct ChunkToSign<'a> {
 
 /// Signs chunk `encryptedDataHash` strings with the chain key (Ed25519).
 pub trait ChunkHashSigner: Send + Sync {
+    /// The identity written into every chunk signature it makes.
     fn chunk_signer(&self) -> &ChunkSignerIdentity;
     /// One 64-byte Ed25519 signature over each chunk's `encryptedDataHash`, in order.
     fn sign_chunks(&self, chunks: &[ChunkToSign<'_>]) -> Result<Vec<[u8; 64]>, SignerError>;
@@ -78,13 +88,17 @@ pub trait ChunkHashSigner: Send + Sync {
 /// The key is zeroized when dropped.
 #[derive(Debug)]
 pub struct ChunkKey {
+    /// The 32-byte XChaCha20-Poly1305 chunk key.
     pub key: Secret32,
+    /// `keyCommitment`: `sha256:` + sha256 hex of the key.
     pub commitment: String,
+    /// The key sealed to each configured recipient (`keyRecipients`).
     pub recipients: Vec<KeyRecipient>,
 }
 
 /// Makes fresh chunk keys and wraps them to the recipients it is configured with.
 pub trait ChunkKeySource: Send + Sync {
+    /// `count` fresh chunk keys, each sealed to every configured recipient.
     fn new_chunk_keys(&self, count: usize) -> Result<Vec<ChunkKey>, SignerError>;
 }
 

@@ -47,9 +47,11 @@ fn packages_as_the_reference_signs_them() {
         .map(|l| UnsignedMessage::from_json(l).unwrap())
         .collect();
     let did = read("keys/identity.did").trim().to_string();
-    let signer =
-        LocalPackageSigner::with_did(IdentityKey::from_secret(&key("identity.key")).unwrap(), &did)
-            .unwrap();
+    let signer = LocalPackageSigner::with_did(
+        IdentityKey::from_secret(&key("identity.key")).unwrap(),
+        &did,
+    )
+    .unwrap();
     let fields = LocalFieldEncryptor::new(&key("field.key"));
     let ours = sign_batch(
         &messages,
@@ -97,9 +99,13 @@ fn a_reference_chain_verifies_decrypts_and_is_laid_out_as_we_write() {
         |_, p| plain.extend_from_slice(p),
     )
     .unwrap();
-    assert_eq!(plain, std::fs::read(vectors().join("chain-input.bin")).unwrap());
+    assert_eq!(
+        plain,
+        std::fs::read(vectors().join("chain-input.bin")).unwrap()
+    );
     for chunk in &chunks {
-        let file = std::fs::read_to_string(dir.join(format!("chunk-{}.json", chunk.index))).unwrap();
+        let file =
+            std::fs::read_to_string(dir.join(format!("chunk-{}.json", chunk.index))).unwrap();
         assert_eq!(chunk.to_file_text().unwrap(), file, "chunk {}", chunk.index);
     }
     let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
@@ -122,7 +128,10 @@ fn reference_access_files_open_and_pack_as_we_pack_them() {
         let ciphertext = layout::read_ciphertext(&dir, chunk.index).unwrap().unwrap();
         plain.extend(decrypt_chunk(chunk, entry, &buyer, &ciphertext).unwrap());
     }
-    assert_eq!(plain, std::fs::read(vectors().join("chain-input.bin")).unwrap());
+    assert_eq!(
+        plain,
+        std::fs::read(vectors().join("chain-input.bin")).unwrap()
+    );
     // The files, in order, from their entries: our packing gives the same bytes.
     let mut names: Vec<_> = std::fs::read_dir(vectors().join("access"))
         .unwrap()

@@ -35,7 +35,7 @@ impl<'de> DeserializeSeed<'de> for MessageSeed {
     }
 }
 
-/// Decodes a CDR payload without its 4-byte encapsulation header (tests, benches, tools).
+/// Decodes a CDR payload without its 4-byte encapsulation header (tests, the fuzz target).
 pub fn decode_cdr_le(ty: &Arc<MsgType>, body: &[u8]) -> Result<Decoded, cdr_encoding::Error> {
     let mut deserializer = cdr_encoding::CdrDeserializer::<byteorder::LittleEndian>::new(body);
     MessageSeed(ty.clone()).deserialize(&mut deserializer)
@@ -97,14 +97,16 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
                 ArrayVisitor {
                     element,
                     expected: Some(n),
+                    max: Some(n),
                 },
             ),
-            Arity::Sequence { .. } if is_octet(element) => {
-                deserializer.deserialize_bytes(OctetSequenceVisitor)
+            Arity::Sequence { max } if is_octet(element) => {
+                deserializer.deserialize_bytes(OctetSequenceVisitor { max })
             }
-            Arity::Sequence { .. } => deserializer.deserialize_seq(ArrayVisitor {
+            Arity::Sequence { max } => deserializer.deserialize_seq(ArrayVisitor {
                 element,
                 expected: None,
+                max,
             }),
         }
     }
@@ -181,18 +183,27 @@ impl<'de> Visitor<'de> for PrimitiveVisitor {
 struct ArrayVisitor<'t> {
     element: &'t Element,
     expected: Option<usize>,
+    /// A bounded sequence (`int32[<=4]`) holds at most this many.
+    max: Option<usize>,
 }
 
 impl<'de> Visitor<'de> for ArrayVisitor<'_> {
     type Value = Value;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array")
+        match (self.expected, self.max) {
+            (Some(n), _) => write!(f, "an array of {n}"),
+            (None, Some(max)) => write!(f, "a sequence of at most {max}"),
+            (None, None) => f.write_str("a sequence"),
+        }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         // The length came off the wire: trust it only as far as the bytes go.
         let hint = seq.size_hint().unwrap_or(0).min(4096);
         let mut items = Vec::with_capacity(hint);
         while let Some(v) = seq.next_element_seed(ElementSeed(self.element))? {
+            if self.max.is_some_and(|max| items.len() >= max) {
+                return Err(A::Error::invalid_length(items.len() + 1, &self));
+            }
             items.push(v);
         }
         if let Some(n) = self.expected {
@@ -208,21 +219,35 @@ fn base64_value(bytes: &[u8]) -> Value {
     Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-struct OctetSequenceVisitor;
+struct OctetSequenceVisitor {
+    max: Option<usize>,
+}
+
+impl OctetSequenceVisitor {
+    fn value<E: serde::de::Error>(&self, v: &[u8]) -> Result<Value, E> {
+        match self.max {
+            Some(max) if v.len() > max => Err(E::invalid_length(v.len(), self)),
+            _ => Ok(base64_value(v)),
+        }
+    }
+}
 
 impl<'de> Visitor<'de> for OctetSequenceVisitor {
     type Value = Value;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a byte sequence")
+        match self.max {
+            Some(max) => write!(f, "a byte sequence of at most {max}"),
+            None => f.write_str("a byte sequence"),
+        }
     }
-    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
-        Ok(base64_value(v))
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Value, E> {
+        self.value(v)
     }
-    fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Value, E> {
-        Ok(base64_value(v))
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Value, E> {
+        self.value(v)
     }
-    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Value, E> {
-        Ok(base64_value(&v))
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Value, E> {
+        self.value(&v)
     }
 }
 

@@ -13,16 +13,25 @@ use crate::signer::{ChunkHashSigner, ChunkKey, ChunkToSign, SignerError};
 /// A chunk that could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The chunk signer failed, or returned no signature.
     #[error("chunk {index}: {source}")]
     Signer {
+        /// The index the chunk was sealed for.
         index: u64,
+        /// The signer's error.
         #[source]
         source: SignerError,
     },
+    /// XChaCha20-Poly1305 encryption failed.
     #[error("chunk {index}: encryption failed")]
-    Encrypt { index: u64 },
+    Encrypt {
+        /// The index the chunk was sealed for.
+        index: u64,
+    },
+    /// The operating system's random number generator failed (the chunk nonce).
     #[error("the operating system's random number generator failed")]
     Randomness,
+    /// Reading the input failed.
     #[error("reading input: {0}")]
     Read(#[from] std::io::Error),
 }
@@ -32,15 +41,21 @@ pub enum BuildError {
 pub struct SealedChunk {
     /// ciphertext ‖ tag: the `chunk-i.bin` content.
     pub ciphertext: Vec<u8>,
+    /// `encryptedDataHash`: `0x` + sha256 hex of the ciphertext.
     pub encrypted_data_hash: String,
+    /// `plaintextHash`: `0x` + sha256 hex of the plaintext.
     pub plaintext_hash: String,
+    /// The fresh 24-byte nonce, as bare hex (`encryption.nonce`).
     pub nonce_hex: String,
+    /// `keyCommitment`: `sha256:` + sha256 hex of the chunk key.
     pub key_commitment: String,
+    /// The chunk key sealed to each recipient (`keyRecipients`).
     pub recipients: Vec<KeyRecipient>,
+    /// The Ed25519 signature over `encryptedDataHash`, with the signer's identity.
     pub signature: ChunkSignature,
 }
 
-/// Encrypts `plaintext` in place under `key` with a fresh random nonce, hashes both sides,
+/// Encrypts the plaintext in `buffer` in place under `key` with a fresh random nonce, hashes both sides,
 /// and signs the ciphertext hash. `index` is only used to name failures. The chunk key is
 /// dropped (and zeroized) before this returns.
 pub fn seal_chunk(
@@ -112,9 +127,11 @@ impl ChainLinker {
             next_index,
         }
     }
+    /// The index the next linked chunk gets.
     pub fn next_index(&self) -> u64 {
         self.next_index
     }
+    /// The `chunkId` of the last linked chunk; `None` before the first.
     pub fn previous_chunk_id(&self) -> Option<&str> {
         self.previous.as_deref()
     }
@@ -155,6 +172,11 @@ pub struct ChunkReader<R> {
 }
 
 impl<R: Read> ChunkReader<R> {
+    /// Reads `input` in slices of `chunk_size` bytes.
+    ///
+    /// # Panics
+    ///
+    /// If `chunk_size` is 0.
     pub fn new(input: R, chunk_size: usize) -> Self {
         assert!(chunk_size > 0, "chunk size must be positive");
         ChunkReader {

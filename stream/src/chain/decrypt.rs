@@ -12,16 +12,24 @@ use crate::sealed;
 /// Why a chunk could not be opened. Each names the check that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecryptError {
+    /// The wrapped key does not open with the recipient key: sealed to another key, not
+    /// 32 bytes, or damaged.
     #[error("wrapped key: not sealed to this recipient key, or damaged")]
     Unwrap,
+    /// `wrappedKeyHex` is not valid hex; holds the reason.
     #[error("wrapped key: {0}")]
     WrappedKeyHex(String),
+    /// The sha256 of the unwrapped key does not match the chunk's `keyCommitment`.
     #[error("keyCommitment: the unwrapped key does not match the chunk's commitment")]
     KeyCommitment,
+    /// `encryption.nonce` is not 24 bytes of hex; holds the reason.
     #[error("nonce: {0}")]
     Nonce(String),
+    /// XChaCha20-Poly1305 authentication failed: tampered ciphertext, wrong nonce or wrong
+    /// key.
     #[error("ciphertext: authentication failed (tampered data, wrong nonce or wrong key)")]
     Ciphertext,
+    /// The sha256 of the decrypted data does not match the chunk's `plaintextHash`.
     #[error("plaintextHash: the decrypted data does not match the chunk's plaintext hash")]
     PlaintextHash,
 }

@@ -29,60 +29,130 @@ pub struct VerifyOptions<'a> {
 /// The first failed check and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainFailure {
+    /// There are no chunks.
     #[error("chain is empty")]
     Empty,
+    /// The chunk at a position does not carry that position as its `index` (a gap or a
+    /// duplicate).
     #[error("chunk {index}: index is not sequential (found index {found} at position {index})")]
-    IndexNotSequential { index: u64, found: u64 },
-    #[error("chunk 0: first chunk must have a null previousChunkId")]
-    FirstHasPrevious,
-    #[error("chunk {index}: previousChunkId does not match the preceding chunkId")]
-    PreviousMismatch { index: u64 },
-    #[error("chunk {index}: ciphertext chunk-{index}.bin is missing")]
-    MissingCiphertext { index: u64 },
-    #[error("chunk {index}: encryptedDataHash does not match the ciphertext")]
-    HashMismatch { index: u64 },
-    #[error("chunk {index}: chunkId does not match its linkage fields")]
-    ChunkIdMismatch { index: u64 },
-    #[error("chunk {index}: signature identity fields (machineDid, keyId) are empty")]
-    SignatureIdentity { index: u64 },
-    #[error("chunk {index}: Ed25519 signature does not verify")]
-    SignatureInvalid { index: u64 },
-    #[error("chunk {index}: signer machineDid {found:?} is not the expected {expected:?}")]
-    UnexpectedDid {
+    IndexNotSequential {
+        /// The position in the sorted chain: the index expected.
         index: u64,
-        found: String,
-        expected: String,
-    },
-    #[error("chunk {index}: signed by public key {found}, not the expected {expected}")]
-    UnexpectedKey {
-        index: u64,
-        found: String,
-        expected: String,
-    },
-    #[error("chunk {index}: signer changed mid-chain (public key {found}, chunk 0 used {first})")]
-    SignerChanged {
-        index: u64,
-        found: String,
-        first: String,
-    },
-    #[error("totalChunks: the manifest says {expected} chunks, the chain has {found} (chunk {index} onwards missing or extra)")]
-    TotalChunks {
-        index: u64,
-        expected: u64,
+        /// The `index` the chunk carries.
         found: u64,
     },
+    /// Chunk 0 names a `previousChunkId`.
+    #[error("chunk 0: first chunk must have a null previousChunkId")]
+    FirstHasPrevious,
+    /// `previousChunkId` is not the `chunkId` of the chunk before.
+    #[error("chunk {index}: previousChunkId does not match the preceding chunkId")]
+    PreviousMismatch {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// The chunk's ciphertext (`chunk-{index}.bin`) is not there.
+    #[error("chunk {index}: ciphertext chunk-{index}.bin is missing")]
+    MissingCiphertext {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// `encryptedDataHash` is not the sha256 of the ciphertext.
+    #[error("chunk {index}: encryptedDataHash does not match the ciphertext")]
+    HashMismatch {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// `chunkId` does not recompute from `previousChunkId`, `encryptedDataHash` and `index`.
+    #[error("chunk {index}: chunkId does not match its linkage fields")]
+    ChunkIdMismatch {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// The signature's `machineDid` or `keyId` is empty (or only whitespace).
+    #[error("chunk {index}: signature identity fields (machineDid, keyId) are empty")]
+    SignatureIdentity {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// The signature's `publicKeyHex` or `value` is malformed, or the Ed25519 signature does
+    /// not verify over `encryptedDataHash`.
+    #[error("chunk {index}: Ed25519 signature does not verify")]
+    SignatureInvalid {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// The signature's `machineDid` is not [`VerifyOptions::expect_did`].
+    #[error("chunk {index}: signer machineDid {found:?} is not the expected {expected:?}")]
+    UnexpectedDid {
+        /// The chunk's index.
+        index: u64,
+        /// The chunk's `machineDid`.
+        found: String,
+        /// The DID expected.
+        expected: String,
+    },
+    /// The chunk is signed by another key than [`VerifyOptions::expect_public_key`].
+    #[error("chunk {index}: signed by public key {found}, not the expected {expected}")]
+    UnexpectedKey {
+        /// The chunk's index.
+        index: u64,
+        /// The chunk's signing key, as hex.
+        found: String,
+        /// The key expected, as hex.
+        expected: String,
+    },
+    /// The chunk's `publicKeyHex` is not chunk 0's: a chain has one signer.
+    #[error("chunk {index}: signer changed mid-chain (public key {found}, chunk 0 used {first})")]
+    SignerChanged {
+        /// The chunk's index.
+        index: u64,
+        /// This chunk's `publicKeyHex`.
+        found: String,
+        /// Chunk 0's `publicKeyHex`.
+        first: String,
+    },
+    /// The chain does not have the manifest's `totalChunks` chunks (a dropped last chunk, or
+    /// extra ones).
+    #[error("totalChunks: the manifest says {expected} chunks, the chain has {found} (chunk {index} onwards missing or extra)")]
+    TotalChunks {
+        /// The first index missing or extra: the smaller of the two counts.
+        index: u64,
+        /// The manifest's `totalChunks`.
+        expected: u64,
+        /// The number of chunks in the chain.
+        found: u64,
+    },
+    /// No `keyRecipients` entry of the chunk is sealed to [`VerifyOptions::recipient`].
     #[error("chunk {index}: no key recipient is sealed to the given recipient key")]
-    NoRecipient { index: u64 },
+    NoRecipient {
+        /// The chunk's index.
+        index: u64,
+    },
+    /// The chunk could not be opened as the recipient.
     #[error("chunk {index}: {source}")]
     Decrypt {
+        /// The chunk's index.
         index: u64,
+        /// The check that failed.
         #[source]
         source: DecryptError,
     },
+    /// The decrypted data does not hash to [`VerifyOptions::expect_source_hash`].
     #[error("sourceHash: the decrypted data hashes to {found}, the manifest says {expected}")]
-    SourceHash { expected: String, found: String },
+    SourceHash {
+        /// The manifest's `sourceHash`.
+        expected: String,
+        /// `0x` + sha256 hex of the decrypted data.
+        found: String,
+    },
+    /// The ciphertext could not be read.
     #[error("chunk {index}: cannot read ciphertext: {reason}")]
-    Read { index: u64, reason: String },
+    Read {
+        /// The chunk's index.
+        index: u64,
+        /// The reader's error message.
+        reason: String,
+    },
 }
 
 impl ChainFailure {
@@ -141,9 +211,11 @@ impl ChainFailure {
 /// What a successful verification saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
+    /// The number of chunks verified.
     pub total_chunks: u64,
     /// Set when the chunks were decrypted: sha256 of the reassembled plaintext.
     pub source_hash: Option<String>,
+    /// Set when the chunks were decrypted: the length of the reassembled plaintext.
     pub plaintext_bytes: Option<u64>,
 }
 
@@ -163,6 +235,7 @@ pub fn verify_chain(
     let mut source = Sha256::new();
     let mut plaintext_bytes = 0u64;
     let mut expected_previous: Option<&str> = None;
+    let mut first_key: Option<[u8; 32]> = None;
     for (position, chunk) in chunks.iter().enumerate() {
         let index = position as u64;
         if chunk.index != index {
@@ -205,7 +278,8 @@ pub fn verify_chain(
         }
         // Beyond the reference.
         if let Some(expected) = options.expect_did {
-            if signature.machine_did != expected {
+            // DIDs name an address, which compares case-insensitively.
+            if !signature.machine_did.eq_ignore_ascii_case(expected) {
                 return Err(ChainFailure::UnexpectedDid {
                     index,
                     found: signature.machine_did.clone(),
@@ -222,12 +296,14 @@ pub fn verify_chain(
                 });
             }
         }
-        let first_key = &chunks[0].signature.public_key_hex;
-        if index > 0 && !signature.public_key_hex.eq_ignore_ascii_case(first_key) {
+        // One signer for the chain: the same key, however its hex is spelled.
+        if index == 0 {
+            first_key = Some(public_key);
+        } else if first_key != Some(public_key) {
             return Err(ChainFailure::SignerChanged {
                 index,
                 found: signature.public_key_hex.clone(),
-                first: first_key.clone(),
+                first: chunks[0].signature.public_key_hex.clone(),
             });
         }
         if let (Some(key), Some(public)) = (options.recipient, recipient_public.as_ref()) {

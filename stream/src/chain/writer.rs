@@ -87,6 +87,7 @@ impl DirOutput {
         }
     }
 
+    /// The published directory written to.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -117,6 +118,7 @@ pub struct ChainWriter {
 /// A chunk the writer wrote.
 #[derive(Debug)]
 pub struct Written {
+    /// The chunk's envelope, as written (`chunk-{i}.json`).
     pub envelope: ChunkEnvelope,
     /// The ciphertext buffer, handed back for reuse.
     pub buffer: Vec<u8>,
@@ -169,7 +171,7 @@ impl ChainWriter {
     }
 
     /// Links `sealed` as the next chunk and writes it to `output`. On an error nothing is
-    /// linked: the same chunk may be appended again.
+    /// linked and the writer stays where it was: seal the chunk again and append that.
     pub fn append(
         &mut self,
         sealed: SealedChunk,

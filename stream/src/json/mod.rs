@@ -26,7 +26,13 @@ use std::fmt::Write as _;
 pub enum JsonError {
     /// NaN or an infinity (also a literal such as `1E400` that overflows a double).
     #[error("number {text} at {path} is not finite; canonical JSON has no NaN or infinity")]
-    NonFinite { path: String, text: String },
+    NonFinite {
+        /// Where the number is: `$`, then the keys and array indices down to it, joined by
+        /// dots (`$.a.1`).
+        path: String,
+        /// The number's text, as parsed (`1E400` reads as `1e+400`).
+        text: String,
+    },
     /// The input is not JSON.
     #[error("invalid JSON: {0}")]
     Syntax(String),

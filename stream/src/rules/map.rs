@@ -16,9 +16,12 @@ use crate::mapfile::{self, line_of, Spanned};
 /// A map file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
+    /// The map file could not be read.
     #[error("cannot read map {path}: {source}")]
     Read {
+        /// The map file.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -38,9 +41,11 @@ impl TopicRules {
     pub fn for_topic(&self, topic: &str) -> Option<&FieldRules> {
         self.by_topic.get(topic)
     }
+    /// The number of topics in the map.
     pub fn len(&self) -> usize {
         self.by_topic.len()
     }
+    /// True when the map has no topics.
     pub fn is_empty(&self) -> bool {
         self.by_topic.is_empty()
     }
@@ -109,6 +114,7 @@ impl TryFrom<String> for StrategyName {
 }
 
 impl FieldRulesDoc {
+    /// The rules it describes, in order.
     pub fn into_rules(self) -> FieldRules {
         FieldRules {
             default_action: self.default_action.map(|a| a.0),

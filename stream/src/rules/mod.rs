@@ -16,9 +16,13 @@ use crate::json::{self, Map, Value};
 /// What a rule does to the fields it governs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Keep the value as it is.
     Include,
+    /// Delete the key.
     Exclude,
+    /// Replace the value by an `__encrypted` wrapper: AES-256-GCM of its canonical JSON.
     Encrypt,
+    /// Replace the value by an `__anonymized` wrapper, by the rule's [`Strategy`].
     Anonymize,
     /// An action name the reference does not know: it behaves as `include` there, so here
     /// too. Map files reject unknown actions before they get this far.
@@ -26,6 +30,8 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action named `name` (`include`, `exclude`, `encrypt`, `anonymize`; case
+    /// matters); any other name is [`Action::Other`].
     pub fn parse(name: &str) -> Action {
         match name {
             "include" => Action::Include,
@@ -40,12 +46,17 @@ impl Action {
 /// How `anonymize` replaces a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
+    /// `0x` + sha256 hex of the value's canonical JSON.
     Hash,
+    /// A coarser value: a decade bucket for a number, a masked string, `***` for a boolean
+    /// or null; lists and objects element by element.
     Generalize,
+    /// `"[REDACTED]"`.
     Redact,
 }
 
 impl Strategy {
+    /// The strategy named `name` (`hash`, `generalize`, `redact`), or `None`.
     pub fn parse(name: &str) -> Option<Strategy> {
         match name {
             "hash" => Some(Strategy::Hash),
@@ -54,6 +65,7 @@ impl Strategy {
             _ => None,
         }
     }
+    /// The strategy's name, as written into the `__anonymized` wrapper.
     pub fn name(self) -> &'static str {
         match self {
             Strategy::Hash => "hash",
@@ -66,25 +78,43 @@ impl Strategy {
 /// One rule: `{fieldPath, action, anonymizeStrategy?}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// Keys joined by dots: the rule governs this path and every path under it.
     pub field_path: String,
+    /// What the rule does to the fields it governs.
     pub action: Action,
+    /// The strategy of `anonymize`; ignored for other actions.
     pub anonymize_strategy: Option<Strategy>,
 }
 
 /// A topic's ordered rules and its default action (`include` when absent).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldRules {
+    /// The rules, in order: the first one that matches a path governs it.
     pub rules: Vec<Rule>,
+    /// The action for paths no rule governs; `None` is `include`.
     pub default_action: Option<Action>,
 }
 
 /// A rule that cannot be applied to a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
+    /// `anonymize` governs a field but names no strategy (also when it is the default
+    /// action, which has none).
     #[error("field {path}: anonymize needs an anonymize_strategy (hash, generalize or redact)")]
-    MissingStrategy { path: String },
+    MissingStrategy {
+        /// The field's dot path.
+        path: String,
+    },
+    /// A value cannot be processed: a non-finite number to encrypt or hash, a number
+    /// `generalize` cannot bucket (as the reference raises), or, from [`Ruled::fill`], a
+    /// wrong number of ciphertexts.
     #[error("field {path}: {reason}")]
-    Value { path: String, reason: String },
+    Value {
+        /// The field's dot path; `$` for the whole payload.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A value waiting for field encryption: the canonical JSON plaintext and where it goes.
@@ -99,7 +129,10 @@ pub struct PendingEncryption {
 /// The payload after the rules, with `encrypt` placeholders still to fill.
 #[derive(Debug, Clone)]
 pub struct Ruled {
+    /// The fields after the rules, with a placeholder `ciphertext` in each encrypted wrapper.
     pub payload: Map,
+    /// The values waiting for encryption, in the order [`Ruled::fill`] takes their
+    /// ciphertexts.
     pub pending: Vec<PendingEncryption>,
 }
 
