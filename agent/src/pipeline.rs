@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Number;
-use stream::package::DataPackage;
-use stream::sign::{sign_batch, MessageError, UnsignedMessage};
+use stream::sign::{rule_messages, sign_ruled, MessageError, PackageLine, UnsignedMessage};
 use stream::signer::{ChunkHashSigner, ChunkKeySource, FieldEncryptor, PackageSigner, SignerError};
 
 use crate::backlog::Backlog;
@@ -104,7 +103,7 @@ fn after_failure(
 }
 
 /// A signed batch on its way to the writer: (topic index, sequence number, package or why not).
-type SignedBatch = Vec<(usize, u64, Result<DataPackage, MessageError>)>;
+type SignedBatch = Vec<(usize, u64, Result<PackageLine, MessageError>)>;
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +147,7 @@ pub fn run_signer(
             continue;
         }
         let topics: Vec<usize> = batch.iter().map(|c| c.topic).collect();
-        let mut messages: Vec<UnsignedMessage> = batch
+        let messages: Vec<UnsignedMessage> = batch
             .into_iter()
             .map(|c| {
                 let topic = &config.topics[c.topic];
@@ -168,6 +167,8 @@ pub fn run_signer(
                 .find(|t| t.topic == name)
                 .map(|t| &t.rules)
         };
+        // The rules run and each payload is made canonical once; a retry only re-signs.
+        let mut ruled = rule_messages(messages, rules_of);
         let signed = loop {
             let first = match next_sequence {
                 Some(n) => Ok(n),
@@ -179,17 +180,19 @@ pub fn run_signer(
                 }
             };
             let result = first.and_then(|first| {
-                for (i, m) in messages.iter_mut().enumerate() {
-                    m.sequence_number = Number::from(first + i as u64);
+                for (i, m) in ruled.iter_mut().enumerate() {
+                    if let Ok(m) = m {
+                        m.sequence_number = Number::from(first + i as u64);
+                    }
                 }
                 let started = Instant::now();
-                let r = sign_batch(&messages, rules_of, keyd, keyd, &signing_key_id);
+                let r = sign_ruled(&ruled, keyd, keyd, &signing_key_id);
                 metrics.observe_keyd("sign", started.elapsed(), KeydOutcome::of(&r));
                 r.map(|packages| (first, packages))
             });
             match result {
                 Ok((first, packages)) => {
-                    next_sequence = Some(first + messages.len() as u64);
+                    next_sequence = Some(first + ruled.len() as u64);
                     backoff.reset();
                     break Some((first, packages));
                 }
@@ -204,7 +207,7 @@ pub fn run_signer(
         };
         let Some((first, packages)) = signed else {
             tracing::warn!(
-                lost = messages.len(),
+                lost = ruled.len(),
                 "stopping while keyd is unreachable: queued messages were not signed"
             );
             return Ok(());
@@ -300,9 +303,7 @@ pub fn run_writer(
                         continue;
                     }
                 };
-                let mut line = package
-                    .to_json_line()
-                    .map_err(|e| PipelineError::Package(e.to_string()))?;
+                let mut line = package.into_string();
                 line.push('\n');
                 let spool = &mut spools[index];
                 if spool.full_before(&topic.chunk, line.len()) {

@@ -75,19 +75,75 @@ pub fn canonical_envelope(
     sequence_number: &Value,
     payload: &Value,
 ) -> Result<Vec<u8>, JsonError> {
-    let mut out = String::with_capacity(256);
-    out.push_str("{\"did\":");
-    json::write_string(did, &mut out);
-    out.push_str(",\"payload\":");
-    json::write_canonical(payload, &mut out)?;
-    out.push_str(",\"schemaVersion\":");
-    json::write_canonical(schema_version, &mut out)?;
-    out.push_str(",\"sequenceNumber\":");
-    json::write_canonical(sequence_number, &mut out)?;
-    out.push_str(",\"timestamp\":");
-    json::write_canonical(timestamp, &mut out)?;
-    out.push('}');
-    Ok(out.into_bytes())
+    Ok(PackageParts {
+        did,
+        timestamp: &json::canonical(timestamp)?,
+        schema_version: &json::canonical(schema_version)?,
+        sequence_number: &json::canonical(sequence_number)?,
+        payload: &json::canonical(payload)?,
+    }
+    .envelope())
+}
+
+/// The parts of a package as canonical JSON texts, written once and laid out twice: as the
+/// signed envelope and as the package's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageParts<'a> {
+    /// The DID (a plain string, escaped when written).
+    pub did: &'a str,
+    /// Canonical JSON of `timestamp`.
+    pub timestamp: &'a str,
+    /// Canonical JSON of `schemaVersion`.
+    pub schema_version: &'a str,
+    /// Canonical JSON of `sequenceNumber`.
+    pub sequence_number: &'a str,
+    /// Canonical JSON of the payload.
+    pub payload: &'a str,
+}
+
+impl PackageParts<'_> {
+    /// The canonical envelope the signature covers (keys in canonical order: did, payload,
+    /// schemaVersion, sequenceNumber, timestamp).
+    pub fn envelope(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(self.payload.len() + 160);
+        out.push_str("{\"did\":");
+        json::write_string(self.did, &mut out);
+        out.push_str(",\"payload\":");
+        out.push_str(self.payload);
+        out.push_str(",\"schemaVersion\":");
+        out.push_str(self.schema_version);
+        out.push_str(",\"sequenceNumber\":");
+        out.push_str(self.sequence_number);
+        out.push_str(",\"timestamp\":");
+        out.push_str(self.timestamp);
+        out.push('}');
+        out.into_bytes()
+    }
+
+    /// The package as one JSON line (keys in document order, payload canonical), with its
+    /// signature and `signingKeyId`.
+    pub fn line(&self, signature: &str, signing_key_id: Option<&str>) -> String {
+        let mut out = String::with_capacity(self.payload.len() + 320);
+        out.push_str("{\"did\":");
+        json::write_string(self.did, &mut out);
+        out.push_str(",\"timestamp\":");
+        out.push_str(self.timestamp);
+        out.push_str(",\"schemaVersion\":");
+        out.push_str(self.schema_version);
+        out.push_str(",\"sequenceNumber\":");
+        out.push_str(self.sequence_number);
+        out.push_str(",\"payload\":");
+        out.push_str(self.payload);
+        out.push_str(",\"signature\":");
+        json::write_string(signature, &mut out);
+        out.push_str(",\"signingKeyId\":");
+        match signing_key_id {
+            Some(id) => json::write_string(id, &mut out),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+        out
+    }
 }
 
 /// `keccak256("\x19Ethereum Signed Message:\n" + len(message) + message)`.
@@ -275,26 +331,14 @@ impl DataPackage {
 
     /// One JSON line: keys in document order, payload in canonical form.
     pub fn to_json_line(&self) -> Result<String, JsonError> {
-        let mut out = String::with_capacity(256);
-        out.push_str("{\"did\":");
-        json::write_string(&self.did, &mut out);
-        out.push_str(",\"timestamp\":");
-        out.push_str(&json::canonical(&self.timestamp)?);
-        out.push_str(",\"schemaVersion\":");
-        out.push_str(&json::canonical(&self.schema_version)?);
-        out.push_str(",\"sequenceNumber\":");
-        out.push_str(&json::canonical(&self.sequence_number)?);
-        out.push_str(",\"payload\":");
-        out.push_str(&json::canonical(&self.payload)?);
-        out.push_str(",\"signature\":");
-        json::write_string(&self.signature, &mut out);
-        out.push_str(",\"signingKeyId\":");
-        match &self.signing_key_id {
-            Some(id) => json::write_string(id, &mut out),
-            None => out.push_str("null"),
+        Ok(PackageParts {
+            did: &self.did,
+            timestamp: &json::canonical(&self.timestamp)?,
+            schema_version: &json::canonical(&self.schema_version)?,
+            sequence_number: &json::canonical(&self.sequence_number)?,
+            payload: &json::canonical(&self.payload)?,
         }
-        out.push('}');
-        Ok(out)
+        .line(&self.signature, self.signing_key_id.as_deref()))
     }
 
     /// The canonical envelope bytes that the signature covers.

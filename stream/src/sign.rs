@@ -1,8 +1,14 @@
 //! Turning captured messages into signed data packages, a batch at a time:
 //! field rules → one field-encryption call → canonical envelopes → one signing call.
+//!
+//! In two steps, so that a signer's failure costs only the second: [`rule_messages`]
+//! applies the field rules and writes each payload's canonical JSON once (a placeholder
+//! where each encrypted field's ciphertext goes); [`sign_ruled`] (retried as often as
+//! needed, the sequence numbers renumbered in between) encrypts, signs, and lays each
+//! package out as its line from the same payload text. [`sign_batch`] does both.
 
 use crate::json::{self, Map, PyNumber, Value};
-use crate::package::{self, DataPackage};
+use crate::package::{self, DataPackage, PackageParts};
 use crate::rules::{self, FieldRules, RuleError};
 use crate::signer::{FieldEncryptor, PackageSigner, SignerError};
 
@@ -113,29 +119,88 @@ impl UnsignedMessage {
     }
 }
 
-/// Signs a batch. Per-message problems (a rule error) come back in that message's slot;
-/// a signer or encryptor failure fails the whole batch.
-pub fn sign_batch<'r>(
-    messages: &[UnsignedMessage],
+/// A message after its field rules, ready to sign (again, if a try fails).
+#[derive(Debug, Clone)]
+pub struct RuledMessage {
+    /// Canonical JSON of the payload, a placeholder where each ciphertext goes.
+    payload: String,
+    /// The placeholders, in the order of `plaintexts`.
+    markers: Vec<String>,
+    /// Canonical JSON of each value to encrypt.
+    plaintexts: Vec<Vec<u8>>,
+    /// Canonical JSON of `timestamp` (the message's `capturedAt`).
+    timestamp: String,
+    /// Canonical JSON of `schemaVersion`.
+    schema_version: String,
+    /// The sequence number it will be signed with; renumber before a retry if the signer
+    /// continues elsewhere.
+    pub sequence_number: serde_json::Number,
+}
+
+/// A signed package as one JSON line (no newline), as the published chunks hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageLine(String);
+
+impl PackageLine {
+    /// The line.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The line, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+    /// The package document it holds.
+    pub fn to_package(&self) -> Result<DataPackage, crate::package::PackageError> {
+        let value = json::parse(&self.0).map_err(crate::package::PackageError::Canonical)?;
+        DataPackage::from_value(&value)
+    }
+}
+
+/// Applies each message's field rules (taking its fields) and writes its payload's
+/// canonical JSON once. A message the rules refuse keeps its error in its slot.
+pub fn rule_messages<'r>(
+    messages: Vec<UnsignedMessage>,
     rules_of: impl Fn(&str) -> Option<&'r FieldRules>,
+) -> Vec<Result<RuledMessage, MessageError>> {
+    let no_rules = FieldRules::default();
+    messages
+        .into_iter()
+        .map(|m| {
+            let ruled = rules::apply_owned(m.fields, rules_of(&m.topic).unwrap_or(&no_rules))?;
+            let canonical =
+                |v: &Value| json::canonical(v).map_err(|e| MessageError::Canonical(e.to_string()));
+            let (markers, plaintexts) = ruled
+                .pending
+                .into_iter()
+                .map(|p| (p.marker().to_string(), p.plaintext))
+                .unzip();
+            Ok(RuledMessage {
+                payload: canonical(&Value::Object(ruled.payload))?,
+                markers,
+                plaintexts,
+                timestamp: canonical(&Value::String(m.captured_at))?,
+                schema_version: canonical(&Value::String(m.schema_version))?,
+                sequence_number: m.sequence_number,
+            })
+        })
+        .collect()
+}
+
+/// Encrypts, signs and lays out a ruled batch: one field-encryption call and one signing
+/// call. Per-message problems stay in their slots; a signer or encryptor failure fails the
+/// whole batch (nothing is consumed: try again).
+pub fn sign_ruled(
+    batch: &[Result<RuledMessage, MessageError>],
     signer: &dyn PackageSigner,
     encryptor: &dyn FieldEncryptor,
     signing_key_id: &str,
-) -> Result<Vec<Result<DataPackage, MessageError>>, SignerError> {
-    let no_rules = FieldRules::default();
-    let ruled: Vec<Result<rules::Ruled, MessageError>> = messages
-        .iter()
-        .map(|m| {
-            rules::apply(&m.fields, rules_of(&m.topic).unwrap_or(&no_rules))
-                .map_err(MessageError::from)
-        })
-        .collect();
-
+) -> Result<Vec<Result<PackageLine, MessageError>>, SignerError> {
     // One encryption call for every encrypted field of the batch.
-    let plaintexts: Vec<&[u8]> = ruled
+    let plaintexts: Vec<&[u8]> = batch
         .iter()
         .flatten()
-        .flat_map(|r| r.pending.iter().map(|p| p.plaintext.as_slice()))
+        .flat_map(|m| m.plaintexts.iter().map(Vec::as_slice))
         .collect();
     let ciphertexts = if plaintexts.is_empty() {
         Vec::new()
@@ -152,32 +217,23 @@ pub fn sign_batch<'r>(
     }
     let mut ciphertexts = ciphertexts.into_iter();
 
-    let did = signer.did().to_string();
-    let mut results: Vec<Result<(Value, Vec<u8>), MessageError>> =
-        Vec::with_capacity(messages.len());
-    for (message, ruled) in messages.iter().zip(ruled) {
-        results.push(ruled.and_then(|r| {
-            let n = r.pending.len();
-            let payload = Value::Object(r.fill(ciphertexts.by_ref().take(n).collect())?);
-            let bytes = package::canonical_envelope(
-                &did,
-                &Value::String(message.captured_at.clone()),
-                &Value::String(message.schema_version.clone()),
-                &Value::Number(message.sequence_number.clone()),
-                &payload,
-            )
-            .map_err(|e| MessageError::Canonical(e.to_string()))?;
-            Ok((payload, bytes))
-        }));
-    }
+    let did = signer.did();
+    // Per message: the payload with its ciphertexts, the sequence number, the envelope.
+    let prepared: Vec<Result<Prepared, MessageError>> = batch
+        .iter()
+        .map(|ruled| {
+            let m = ruled.as_ref().map_err(Clone::clone)?;
+            prepare(m, did, &mut ciphertexts)
+        })
+        .collect();
 
     // One signing call for every envelope of the batch.
-    let envelopes: Vec<&[u8]> = results
+    let envelopes: Vec<&[u8]> = prepared
         .iter()
         .flatten()
-        .map(|(_, b)| b.as_slice())
+        .map(|p| p.envelope.as_slice())
         .collect();
-    let mut signatures = signer.sign_envelopes(&envelopes)?.into_iter();
+    let signatures = signer.sign_envelopes(&envelopes)?;
     if signatures.len() != envelopes.len() {
         return Err(SignerError::Unavailable(format!(
             "{} signatures for {} envelopes",
@@ -185,19 +241,80 @@ pub fn sign_batch<'r>(
             envelopes.len()
         )));
     }
-    Ok(messages
+    let mut signatures = signatures.into_iter();
+    Ok(batch
         .iter()
-        .zip(results)
-        .map(|(message, result)| {
-            result.map(|(payload, _)| DataPackage {
-                did: did.clone(),
-                timestamp: Value::String(message.captured_at.clone()),
-                schema_version: Value::String(message.schema_version.clone()),
-                sequence_number: Value::Number(message.sequence_number.clone()),
-                payload,
-                signature: package::signature_hex(&signatures.next().expect("counted above")),
-                signing_key_id: Some(signing_key_id.to_string()),
-            })
+        .zip(prepared)
+        .map(|(ruled, prepared)| {
+            let Prepared {
+                payload, sequence, ..
+            } = prepared?;
+            let m = ruled.as_ref().map_err(Clone::clone)?;
+            let signature = signatures
+                .next()
+                .map(|s| package::signature_hex(&s))
+                .unwrap_or_default();
+            Ok(PackageLine(
+                PackageParts {
+                    did,
+                    timestamp: &m.timestamp,
+                    schema_version: &m.schema_version,
+                    sequence_number: &sequence,
+                    payload: &payload,
+                }
+                .line(&signature, Some(signing_key_id)),
+            ))
         })
         .collect())
+}
+
+/// One ruled message made ready to sign: its payload with the ciphertexts in place, its
+/// sequence number's canonical text, and the envelope to sign.
+struct Prepared {
+    payload: String,
+    sequence: String,
+    envelope: Vec<u8>,
+}
+
+fn prepare(
+    m: &RuledMessage,
+    did: &str,
+    ciphertexts: &mut impl Iterator<Item = String>,
+) -> Result<Prepared, MessageError> {
+    let mut payload = m.payload.clone();
+    for marker in &m.markers {
+        let ciphertext = ciphertexts.next().unwrap_or_default();
+        // Base64 needs no escaping in a JSON string. A later rule may have removed the
+        // placeholder (dotted keys): the value is gone, as in the reference.
+        payload = payload.replacen(&format!("\"{marker}\""), &format!("\"{ciphertext}\""), 1);
+    }
+    let sequence = json::canonical(&Value::Number(m.sequence_number.clone()))
+        .map_err(|e| MessageError::Canonical(e.to_string()))?;
+    let envelope = PackageParts {
+        did,
+        timestamp: &m.timestamp,
+        schema_version: &m.schema_version,
+        sequence_number: &sequence,
+        payload: &payload,
+    }
+    .envelope();
+    Ok(Prepared {
+        payload,
+        sequence,
+        envelope,
+    })
+}
+
+/// Signs a batch ([`rule_messages`], then [`sign_ruled`]). Per-message problems (a rule
+/// error) come back in that message's slot; a signer or encryptor failure fails the whole
+/// batch.
+pub fn sign_batch<'r>(
+    messages: &[UnsignedMessage],
+    rules_of: impl Fn(&str) -> Option<&'r FieldRules>,
+    signer: &dyn PackageSigner,
+    encryptor: &dyn FieldEncryptor,
+    signing_key_id: &str,
+) -> Result<Vec<Result<PackageLine, MessageError>>, SignerError> {
+    let ruled = rule_messages(messages.to_vec(), rules_of);
+    sign_ruled(&ruled, signer, encryptor, signing_key_id)
 }

@@ -201,7 +201,7 @@ fn sign_lines(
             let result = match parse_error {
                 Some(e) => Err(e),
                 None => match packages.next() {
-                    Some(Ok(package)) => package.to_json_line().map_err(|e| e.to_string()),
+                    Some(Ok(line)) => Ok(line.into_string()),
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err("no result from the signer".to_string()),
                 },

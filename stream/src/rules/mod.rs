@@ -171,6 +171,42 @@ impl Ruled {
     }
 }
 
+/// The placeholders' prefix: printable (so it reads the same in canonical JSON) and random
+/// per process, so no captured value can be mistaken for one.
+fn marker_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let mut random = [0u8; 16];
+        // Without randomness the prefix is still unusual; it only has to be unlike data.
+        let _ = getrandom::getrandom(&mut random);
+        format!("peaq-pending-ciphertext-{}-", hex::encode(random))
+    })
+}
+
+/// Applies `rules` to `fields`, taking them (a topic without rules keeps its fields as they
+/// are, without a copy).
+pub fn apply_owned(fields: Map, rules: &FieldRules) -> Result<Ruled, RuleError> {
+    let includes_all = rules.rules.is_empty()
+        && matches!(
+            rules.default_action,
+            None | Some(Action::Include) | Some(Action::Other(_))
+        );
+    if includes_all {
+        return Ok(Ruled {
+            payload: fields,
+            pending: Vec::new(),
+        });
+    }
+    apply(&fields, rules)
+}
+
+impl PendingEncryption {
+    /// The placeholder string standing where the ciphertext goes.
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+}
+
 /// Applies `rules` to `fields`.
 pub fn apply(fields: &Map, rules: &FieldRules) -> Result<Ruled, RuleError> {
     let default_action = rules.default_action.clone().unwrap_or(Action::Include);
@@ -243,7 +279,7 @@ impl Engine<'_> {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                let marker = format!("\u{0}pending-field-{}", self.pending.len());
+                let marker = format!("{}{}", marker_prefix(), self.pending.len());
                 let mut wrapper = Map::with_capacity(3);
                 wrapper.insert("__encrypted".into(), Value::Bool(true));
                 wrapper.insert("ciphertext".into(), Value::String(marker.clone()));
