@@ -400,16 +400,7 @@ fn the_audit_chain_is_keyed_and_catches_edits_cuts_and_rewrites() {
 #[test]
 fn no_core_dumps_and_no_key_bytes_in_any_output() {
     let daemon = Daemon::start();
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).unwrap();
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap();
-    assert_eq!(
-        core.split_whitespace().filter(|w| *w == "0").count(),
-        2,
-        "{core}"
-    );
+    common::assert_no_core_dumps(daemon.pid());
 
     let client = daemon.client();
     let did = client.did().to_string();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -54,6 +55,20 @@ class Keys:
     @property
     def key_id(self) -> str:
         return f"{self.did}#keys-1"
+
+
+def sign_sample_through_keyd(keyd_bin: str, socket: str, directory: Path) -> tuple[Path, dict]:
+    """Signs the sample messages through keyd with `peaqos stream sign --keyd`, numbered
+    where keyd says its sequence continues (as the agent does). Returns the package file
+    and keyd's identity (`keyd identity --json`)."""
+    identity = json.loads(run([keyd_bin, "identity", "--socket", socket, "--json"]).stdout)
+    messages = [json.loads(l) for l in (ROOT / "scripts" / "sample" / "messages.jsonl").read_text().splitlines()]
+    for i, m in enumerate(messages):
+        m["sequenceNumber"] = identity["nextSequenceNumber"] + i
+    (directory / "msgs.jsonl").write_text("".join(json.dumps(m) + "\n" for m in messages))
+    ours("-q", "stream", "sign", "--keyd", socket, "--map", str(ROOT / "policies" / "example-map.yaml"),
+         "--input", str(directory / "msgs.jsonl"), "--output", str(directory / "pkgs.jsonl"))
+    return directory / "pkgs.jsonl", identity
 
 
 def make_keys(directory: Path) -> Keys:

@@ -17,7 +17,7 @@ from peaq_os_sdk.stream import verify_data_package
 from peaq_os_sdk.stream._internal.canonical_json import canonical_json_bytes
 from peaq_os_sdk.stream.types import DataPackage
 
-from conftest import OURS, ROOT, ours, ref
+from conftest import OURS, ROOT, ours, ref, sign_sample_through_keyd
 from test_packages import package_from_line
 
 
@@ -125,14 +125,8 @@ def test_conformance_packages_chains_and_grants(keyd, tmp_path):
     # Packages signed through keyd verify with the reference SDK. Like the agent, continue
     # the sequence where keyd says it continues.
     keyd_bin = Path(OURS).with_name("keyd")
-    identity = json.loads(subprocess.run([str(keyd_bin), "identity", "--socket", socket, "--json"], capture_output=True, text=True, check=True).stdout)
-    messages = [json.loads(l) for l in (ROOT / "scripts" / "sample" / "messages.jsonl").read_text().splitlines()]
-    for i, m in enumerate(messages):
-        m["sequenceNumber"] = identity["nextSequenceNumber"] + i
-    (tmp_path / "msgs.jsonl").write_text("".join(json.dumps(m) + "\n" for m in messages))
-    ours("-q", "stream", "sign", "--keyd", socket, "--map", str(ROOT / "policies" / "example-map.yaml"),
-         "--input", str(tmp_path / "msgs.jsonl"), "--output", str(tmp_path / "pkgs.jsonl"))
-    lines = [json.loads(l) for l in (tmp_path / "pkgs.jsonl").read_text().splitlines()]
+    packages, identity = sign_sample_through_keyd(str(keyd_bin), socket, tmp_path)
+    lines = [json.loads(l) for l in packages.read_text().splitlines()]
     assert len(lines) == 5
     for doc in lines:
         assert verify_data_package(package_from_line(doc)).valid

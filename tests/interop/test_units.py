@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OURS, ROOT, ours
+from conftest import OURS, ROOT, ours, sign_sample_through_keyd
 from test_agent import AS_AGENT, COUNT_TOPIC, in_netns, needs_root, private_dir, write_map
 
 UNITS = ROOT / "policies" / "systemd"
@@ -140,14 +140,7 @@ def test_keyd_makes_only_the_calls_its_unit_allows(tmp_path, backend):
     socket = start.stdout.strip().splitlines()[-1]
     try:
         keys = directory / "keys"
-        identity = json.loads(subprocess.run([KEYD, "identity", "--socket", socket, "--json"], capture_output=True,
-                                             text=True, check=True).stdout)
-        messages = [json.loads(l) for l in (ROOT / "scripts" / "sample" / "messages.jsonl").read_text().splitlines()]
-        for i, m in enumerate(messages):
-            m["sequenceNumber"] = identity["nextSequenceNumber"] + i
-        (tmp_path / "msgs.jsonl").write_text("".join(json.dumps(m) + "\n" for m in messages))
-        ours("-q", "stream", "sign", "--keyd", socket, "--map", str(ROOT / "policies" / "example-map.yaml"),
-             "--input", str(tmp_path / "msgs.jsonl"), "--output", str(tmp_path / "pkgs.jsonl"))
+        sign_sample_through_keyd(KEYD, socket, tmp_path)
         (tmp_path / "data.bin").write_bytes(os.urandom(300_000))
         ours("-q", "stream", "publish", "--keyd", socket, "--input", str(tmp_path / "data.bin"),
              "--output-dir", str(tmp_path / "pub"), "--chunk-size", "100000")

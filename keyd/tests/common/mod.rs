@@ -55,6 +55,20 @@ fn start_swtpm(state: &std::path::Path) -> (Child, String) {
     panic!("could not start swtpm");
 }
 
+/// Asserts that process `pid` may write no core file (soft and hard limit 0).
+pub fn assert_no_core_dumps(pid: u32) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().filter(|w| *w == "0").count(),
+        2,
+        "{core}"
+    );
+}
+
 pub fn uid() -> u32 {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }
