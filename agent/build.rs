@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("interfaces");
+    // Read at run time: a build script binary reused from another checkout must not
+    // look in that checkout.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).join("interfaces");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut entries = Vec::new();
     for package in std::fs::read_dir(&root).expect("agent/interfaces exists") {

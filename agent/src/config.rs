@@ -194,6 +194,54 @@ struct KeydDoc {
     backoff_max_ms: Option<u64>,
 }
 
+/// An S3-compatible bucket a topic's chain is uploaded to, after each chunk is committed
+/// locally. The chain goes to `{prefix}{topic slug}/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Doc {
+    bucket: Spanned<String>,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    /// YAML with `access_key_id` and `secret_access_key`, readable only by the agent's
+    /// user; else the environment (`PEAQOS_S3_*`, `AWS_*`).
+    #[serde(default, alias = "credentialsFile")]
+    credentials_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputDoc {
+    s3: S3Doc,
+}
+
+/// How much of an uploaded chain stays on the local disk: chunks uploaded to every S3
+/// output are deleted, oldest first, beyond `max_bytes` or once older than `max_age_s`
+/// (the newest chunk always stays: the spool resumes from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepLocal {
+    #[serde(default, alias = "maxBytes")]
+    pub max_bytes: Option<u64>,
+    #[serde(default, alias = "maxAgeS")]
+    pub max_age_s: Option<u64>,
+}
+
+/// One S3 output of a topic, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Output {
+    /// `outputs[i]` or `topics[j].outputs[i]`: names it in logs and metrics.
+    pub name: String,
+    /// Bucket and the topic's prefix (`{prefix}{slug}/`).
+    pub path: store::S3Path,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetricsDoc {
@@ -217,6 +265,10 @@ struct TopicDoc {
     chunk: Option<Spanned<ChunkBounds>>,
     #[serde(default)]
     output: Option<PathBuf>,
+    #[serde(default)]
+    outputs: Option<Spanned<Vec<OutputDoc>>>,
+    #[serde(default, alias = "keepLocal")]
+    keep_local: Option<Spanned<KeepLocal>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +293,11 @@ struct MapDoc {
     queue: QueueConfig,
     #[serde(default)]
     metrics: Option<MetricsDoc>,
+    /// S3 outputs of every topic that names none of its own.
+    #[serde(default)]
+    outputs: Option<Spanned<Vec<OutputDoc>>>,
+    #[serde(default, alias = "keepLocal")]
+    keep_local: Option<Spanned<KeepLocal>>,
     topics: Spanned<Vec<TopicDoc>>,
 }
 
@@ -257,6 +314,10 @@ pub struct TopicConfig {
     pub chunk: ChunkBounds,
     /// The published directory of this topic.
     pub output: PathBuf,
+    /// Where the chain is uploaded once committed locally (the first is its `storageRef`).
+    pub uploads: Vec<S3Output>,
+    /// How much of the uploaded chain stays local (`None`: all of it).
+    pub keep_local: Option<KeepLocal>,
     /// The spool directory of this topic.
     pub spool: PathBuf,
 }
@@ -440,7 +501,55 @@ impl AgentConfig {
                     ))
                 }
             };
+            let (outputs, outputs_key) = match (&t.outputs, &doc.outputs) {
+                (Some(own), _) => (Some(own), key("outputs")),
+                (None, Some(all)) => (Some(all), "outputs".to_string()),
+                (None, None) => (None, String::new()),
+            };
+            let mut uploads = Vec::new();
+            for (n, o) in outputs.map_or(&[][..], |o| &o.value[..]).iter().enumerate() {
+                let here = format!("{outputs_key}[{n}].s3");
+                let line = line_of(&o.s3.bucket);
+                let mut prefix = o.s3.prefix.trim_start_matches('/').to_string();
+                if !prefix.is_empty() && !prefix.ends_with('/') {
+                    prefix.push('/');
+                }
+                let text = format!("s3://{}/{prefix}{slug}", o.s3.bucket.value);
+                let path = store::S3Path::parse(&format!("{here}.bucket/prefix"), &text)
+                    .map_err(|e| invalid(line, &here, e.to_string()))?;
+                if let Some(endpoint) = &o.s3.endpoint {
+                    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                        return Err(invalid(
+                            line,
+                            &format!("{here}.endpoint"),
+                            format!("{endpoint:?} is not an http:// or https:// URL"),
+                        ));
+                    }
+                }
+                if uploads.iter().any(|u: &S3Output| u.path == path) {
+                    return Err(invalid(line, &here, format!("{path} appears twice")));
+                }
+                uploads.push(S3Output {
+                    name: here,
+                    path,
+                    endpoint: o.s3.endpoint.clone(),
+                    region: o.s3.region.clone(),
+                    credentials_file: o.s3.credentials_file.as_deref().map(absolute),
+                });
+            }
+            let keep_local = t.keep_local.as_ref().or(doc.keep_local.as_ref());
+            if let Some(k) = keep_local {
+                if uploads.is_empty() {
+                    return Err(invalid(
+                        line_of(k),
+                        &key("keep_local"),
+                        "drops local chunks once they are uploaded, but this topic has no S3 output".into(),
+                    ));
+                }
+            }
             topics.push(TopicConfig {
+                uploads,
+                keep_local: keep_local.map(|k| k.value),
                 topic: name,
                 type_name: t.type_name.value,
                 msg_type,
@@ -502,6 +611,34 @@ topics:
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
         AgentConfig::parse(text, Path::new("/etc/edge-agent/map.yaml"))
+    }
+
+    #[test]
+    fn s3_outputs_per_topic_or_for_all() {
+        let map = GOOD.replace(
+            "queue:\n",
+            "outputs:\n  - s3: { bucket: fleet, prefix: robots/r1, endpoint: \"http://127.0.0.1:3900\", region: garage }\nkeep_local: { max_bytes: 1000000 }\nqueue:\n",
+        );
+        let c = parse(&map).unwrap();
+        let up = &c.topics[1].uploads[0];
+        assert_eq!(
+            up.path.uri("chunk-0.bin"),
+            "s3://fleet/robots/r1/robot_status/chunk-0.bin"
+        );
+        assert_eq!(up.name, "outputs[0].s3");
+        assert_eq!(c.topics[0].keep_local.unwrap().max_bytes, Some(1_000_000));
+        let bad = GOOD.replace(
+            "    chunk: { max_bytes: 65536, maxAgeMs: 500 }\n",
+            "    chunk: { max_bytes: 65536, maxAgeMs: 500 }\n    outputs:\n      - s3: { bucket: Bad_Bucket }\n",
+        );
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains(":16: topics[0].outputs[0].s3"), "{e}");
+        let lonely = GOOD.replace("queue:\n", "keep_local: { max_age_s: 60 }\nqueue:\n");
+        let e = parse(&lonely).unwrap_err().to_string();
+        assert!(
+            e.contains("keep_local") && e.contains("no S3 output"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,5 +6,6 @@ pub mod capture;
 pub mod config;
 pub mod metrics;
 pub mod msg;
+pub mod outbox;
 pub mod pipeline;
 pub mod spool;

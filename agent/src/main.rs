@@ -183,11 +183,18 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
         .topics
         .iter()
         .map(|t| {
-            TopicSpool::open(&t.spool, &t.output, &did, t.chunk.max_bytes).inspect(|s| {
+            let storage = t.uploads.first().map(|u| u.path.clone());
+            TopicSpool::open(&t.spool, &t.output, &did, t.chunk.max_bytes, storage).inspect(|s| {
                 tracing::info!(topic = %t.topic, next_chunk = s.next_index(), open_packages = s.open_packages(), output = %t.output.display(), "spool recovered");
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let uploads = edge_agent::outbox::open(&config, &spools)?;
+    for t in &config.topics {
+        for u in &t.uploads {
+            tracing::info!(topic = %t.topic, output = %u.name, to = %u.path, "uploading committed chunks");
+        }
+    }
     let backlog = Arc::new(Backlog::new(
         &config.spool_dir,
         config.queue,
@@ -200,6 +207,7 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let (sender, receiver) = crossbeam_channel::bounded(2);
+    let writer_done = AtomicBool::new(false);
     let result = std::thread::scope(|scope| {
         let signer = std::thread::Builder::new()
             .name("signer".into())
@@ -223,6 +231,15 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 r
             })?;
+        let uploader = (!uploads.is_empty())
+            .then(|| {
+                std::thread::Builder::new()
+                    .name("uploads".into())
+                    .spawn_scoped(scope, || {
+                        edge_agent::outbox::run(uploads, metrics.clone(), &stop, &writer_done)
+                    })
+            })
+            .transpose()?;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -230,6 +247,11 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
         backlog.close();
         let signed = signer.join().map_err(|_| "the signer thread panicked")?;
         let written = writer.join().map_err(|_| "the writer thread panicked")?;
+        // The last chunks are committed: the uploads catch up for a few seconds more.
+        writer_done.store(true, Ordering::Relaxed);
+        if let Some(uploader) = uploader {
+            uploader.join().map_err(|_| "the upload thread panicked")?;
+        }
         signed?;
         written?;
         Ok::<(), Box<dyn std::error::Error>>(())

@@ -37,6 +37,13 @@ pub struct Metrics {
     pub queue_memory_bytes: Gauge,
     pub queue_disk_bytes: Gauge,
     pub spool_packages: Family<Labels, Gauge>,
+    pub upload_backlog: Family<Labels, Gauge>,
+    pub uploaded_chunks: Family<Labels, Counter>,
+    pub uploaded_bytes: Family<Labels, Counter>,
+    pub upload_failures: Family<Labels, Counter>,
+    pub upload_last_success: Family<Labels, Gauge>,
+    /// Why uploads are degraded, if they are (a backlog that does not move).
+    uploads_behind: std::sync::Mutex<Option<String>>,
     /// How keyd answered the last call: [`KEYD_UP`], [`KEYD_UNREACHABLE`], [`KEYD_REFUSES`].
     keyd: AtomicU8,
     /// False once the pipeline has stopped on an error.
@@ -83,6 +90,10 @@ pub fn topic(name: &str) -> Labels {
 
 pub fn call(name: &'static str) -> Labels {
     vec![("call", name.to_string())]
+}
+
+pub fn upload(topic: &str, output: &str) -> Labels {
+    vec![("topic", topic.to_string()), ("output", output.to_string())]
 }
 
 impl Metrics {
@@ -166,6 +177,32 @@ impl Metrics {
                 "Packages in the open chunk",
                 Family::default()
             ),
+            upload_backlog: metric!(
+                "upload_backlog_chunks",
+                "Committed chunks not yet uploaded to an S3 output",
+                Family::default()
+            ),
+            uploaded_chunks: metric!(
+                "uploaded_chunks",
+                "Chunks uploaded to an S3 output",
+                Family::default()
+            ),
+            uploaded_bytes: metric!(
+                "uploaded_bytes",
+                "Bytes uploaded to an S3 output (ciphertexts and envelopes)",
+                Family::default()
+            ),
+            upload_failures: metric!(
+                "upload_failures",
+                "Upload attempts that failed (retried with backoff)",
+                Family::default()
+            ),
+            upload_last_success: metric!(
+                "upload_last_success_timestamp_seconds",
+                "When a chunk was last uploaded to an S3 output (Unix time)",
+                Family::default()
+            ),
+            uploads_behind: std::sync::Mutex::new(None),
             keyd: AtomicU8::new(KEYD_UNREACHABLE),
             pipeline_up: AtomicBool::new(true),
             registry: Registry::default(),
@@ -184,17 +221,30 @@ impl Metrics {
         text
     }
 
-    /// `Ok` when keyd answers and the pipeline runs; otherwise the reason.
-    pub fn health(&self) -> Result<(), &'static str> {
+    /// `Ok` when keyd answers, the pipeline runs and uploads keep up; otherwise the reason
+    /// (uploads that fall behind say `degraded: …`: capture goes on).
+    pub fn health(&self) -> Result<(), String> {
         if !self.pipeline_up.load(Ordering::Relaxed) {
-            return Err("pipeline stopped");
+            return Err("pipeline stopped".into());
         }
         match self.keyd.load(Ordering::Relaxed) {
-            KEYD_UP => Ok(()),
-            KEYD_REFUSES => Err(
-                "keyd refuses the agent's requests (its policy, or a key's purpose: see the log)",
+            KEYD_UP => {}
+            KEYD_REFUSES => return Err(
+                "keyd refuses the agent's requests (its policy, or a key's purpose: see the log)"
+                    .into(),
             ),
-            _ => Err("keyd unreachable"),
+            _ => return Err("keyd unreachable".into()),
+        }
+        match self.uploads_behind.lock() {
+            Ok(behind) => behind.clone().map_or(Ok(()), Err),
+            Err(_) => Err("uploads: state unavailable".into()),
+        }
+    }
+
+    /// Sets (or clears) why uploads are degraded.
+    pub fn set_uploads_behind(&self, why: Option<String>) {
+        if let Ok(mut behind) = self.uploads_behind.lock() {
+            *behind = why;
         }
     }
 

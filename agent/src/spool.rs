@@ -23,6 +23,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use store::upload::StorageRefs;
+use store::S3Path;
 use stream::chain::{seal_chunk, BuildError, ChainState, ChainWriter, DirOutput};
 use stream::layout::{self, Durability};
 use stream::signer::{ChunkHashSigner, ChunkKeySource, SignerError};
@@ -121,8 +126,12 @@ pub struct Committed {
 pub struct TopicSpool {
     spool: PathBuf,
     /// The published directory: chunks synced (before the commit point), the manifest not
-    /// (recovery rewrites it).
-    output: DirOutput,
+    /// (recovery rewrites it); envelopes carry their `storageRef` when the chain is uploaded.
+    output: StorageRefs<DirOutput>,
+    /// Where the chain is uploaded to first (its `storageRef`), if anywhere.
+    storage: Option<S3Path>,
+    /// Chunks committed: what the uploads may take (they read only below it).
+    committed: Arc<AtomicU64>,
     did: String,
     writer: ChainWriter,
     /// The open chunk: its file and a copy of its bytes.
@@ -140,7 +149,7 @@ impl std::fmt::Debug for TopicSpool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TopicSpool")
             .field("spool", &self.spool)
-            .field("output", &self.output.dir())
+            .field("output", &self.output.inner().dir())
             .field("next_index", &self.writer.next_index())
             .field("open_packages", &self.open_packages)
             .finish_non_exhaustive()
@@ -166,6 +175,7 @@ impl TopicSpool {
         output: &Path,
         did: &str,
         chunk_size: u64,
+        storage: Option<S3Path>,
     ) -> Result<Self, SpoolError> {
         make_dir(spool)?;
         make_dir(output)?;
@@ -251,7 +261,10 @@ impl TopicSpool {
                 ));
             }
             last_plaintext_hash = Some(envelope.plaintext_hash.clone());
-            writer.write_manifest(&mut DirOutput::new(output, Durability::Synced))?;
+            writer.write_manifest(&mut StorageRefs::new(
+                DirOutput::new(output, Durability::Synced),
+                storage.clone(),
+            ))?;
         }
 
         // The spool: cut a torn line; empty it if it still holds the committed chunk.
@@ -282,7 +295,12 @@ impl TopicSpool {
         let open_packages = open_bytes.iter().filter(|b| **b == b'\n').count();
         Ok(TopicSpool {
             spool: spool.to_path_buf(),
-            output: DirOutput::with(output, Durability::Synced, Durability::Atomic),
+            output: StorageRefs::new(
+                DirOutput::with(output, Durability::Synced, Durability::Atomic),
+                storage.clone(),
+            ),
+            storage,
+            committed: Arc::new(AtomicU64::new(committed)),
             did: did.to_string(),
             writer,
             file,
@@ -301,6 +319,16 @@ impl TopicSpool {
     /// The index the open chunk will have.
     pub fn next_index(&self) -> u64 {
         self.writer.next_index()
+    }
+
+    /// How many chunks are committed, kept current: the uploads read it.
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.committed)
+    }
+
+    /// Where the chain's `storageRef`s point.
+    pub fn storage(&self) -> Option<&S3Path> {
+        self.storage.as_ref()
     }
 
     /// Whether the open chunk must close before `incoming` more bytes are added.
@@ -403,6 +431,8 @@ impl TopicSpool {
         }
         // Committed. The rest is redone by recovery if interrupted.
         self.writer = next;
+        self.committed
+            .store(self.writer.next_index(), Ordering::Release);
         self.writer.write_manifest(&mut self.output)?;
 
         let path = self.spool.join(SPOOL_FILE);
@@ -460,7 +490,7 @@ mod tests {
             max_messages: None,
             max_age_ms: None,
         };
-        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20, None).unwrap();
         spool.append(b"{\"a\":1}\n");
         assert!(!spool.full_before(&bounds, 8));
         spool.append(b"{\"a\":2}\n");
@@ -474,7 +504,7 @@ mod tests {
         // A half-done commit of chunk 1: its files exist, the state was not written.
         std::fs::write(out.join("chunk-1.bin"), b"junk").unwrap();
         std::fs::write(out.join(".chunk-1.json.tmp-9"), b"junk").unwrap();
-        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20, None).unwrap();
         assert!(!out.join("chunk-1.bin").exists());
         assert!(!out.join(".chunk-1.json.tmp-9").exists());
         assert_eq!(spool.next_index(), 1);
@@ -507,12 +537,12 @@ mod tests {
         // A crash after the state was committed but before the spool was emptied: the spool
         // still holds the published chunk, and must not become the next chunk too.
         let published = b"{\"a\":6}\n".to_vec();
-        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20, None).unwrap();
         spool.append(&published);
         spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
         drop(spool);
         std::fs::write(spool_dir.join(SPOOL_FILE), &published).unwrap();
-        let spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        let spool = TopicSpool::open(&spool_dir, &out, &k.did, 20, None).unwrap();
         assert_eq!((spool.next_index(), spool.open_packages()), (3, 0));
         drop(spool);
 
@@ -520,7 +550,7 @@ mod tests {
         // 2): the other slot is used, and chunk 2 is rebuilt from the spool.
         std::fs::write(spool_dir.join(SPOOL_FILE), &published).unwrap();
         std::fs::write(spool_dir.join(slot_name(0)), b"{\"nextIndex\":3").unwrap();
-        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20).unwrap();
+        let mut spool = TopicSpool::open(&spool_dir, &out, &k.did, 20, None).unwrap();
         assert_eq!((spool.next_index(), spool.open_packages()), (2, 1));
         assert!(!out.join("chunk-2.json").exists());
         spool.commit(&k.source, &k.signer, true).unwrap().unwrap();
@@ -528,7 +558,7 @@ mod tests {
 
         // Another machine's keyd must not continue this chain.
         let other = keys();
-        let e = TopicSpool::open(&spool_dir, &out, &other.did, 20).unwrap_err();
+        let e = TopicSpool::open(&spool_dir, &out, &other.did, 20, None).unwrap_err();
         assert!(e.to_string().contains("belongs to"), "{e}");
     }
 }

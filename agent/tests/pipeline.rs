@@ -198,6 +198,7 @@ fn run(
         &topic.output,
         keyd.did(),
         topic.chunk.max_bytes,
+        None,
     )
     .unwrap()];
     let (tx, rx) = crossbeam_channel::bounded(2);

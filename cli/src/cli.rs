@@ -37,6 +37,8 @@ pub enum StreamCommand {
     Grant(GrantArgs),
     /// Verify, decrypt and reassemble a purchased chain.
     Consume(ConsumeArgs),
+    /// Wait for a buyer's payment, grant the buyer every chunk, and deliver the bundle.
+    Distribute(DistributeArgs),
     /// Verify a published chain: the reference's checks and the ones it misses.
     Verify(VerifyArgs),
     /// Apply field rules to captured messages and sign them as data packages.
@@ -92,20 +94,33 @@ pub struct PublishArgs {
     /// fsync every file before it is renamed into place.
     #[arg(long)]
     pub fsync: bool,
-    /// S3 upload (reference flag; not supported by this build).
-    #[arg(long = "s3", hide = true)]
+    /// Also upload the chain to s3://bucket/prefix (objects named as the reference names
+    /// them; envelopes get their storageRef, the manifest s3Bucket and s3Prefix).
+    #[arg(long = "s3", value_name = "S3_PATH")]
     pub s3: Option<String>,
-    #[arg(long = "s3-region", hide = true)]
+    #[command(flatten)]
+    pub s3_options: S3Options,
+}
+
+/// How to reach an S3-compatible service. Credentials: PEAQOS_S3_ACCESS_KEY_ID and
+/// PEAQOS_S3_SECRET_ACCESS_KEY, else AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+#[derive(Args, Clone, Default)]
+pub struct S3Options {
+    /// Region of the S3-compatible service (else PEAQOS_S3_REGION, AWS_REGION, us-east-1).
+    #[arg(long = "s3-region")]
     pub s3_region: Option<String>,
-    #[arg(long = "s3-endpoint", hide = true)]
+    /// Custom endpoint URL (MinIO, Garage, R2…; path-style addressing), else PEAQOS_S3_ENDPOINT.
+    #[arg(long = "s3-endpoint")]
     pub s3_endpoint: Option<String>,
 }
 
 #[derive(Args)]
 pub struct GrantArgs {
-    /// Directory with chunk-*.json envelopes.
+    /// Directory with chunk-*.json envelopes, or s3://bucket/prefix.
     #[arg(long)]
     pub chunk_dir: PathBuf,
+    #[command(flatten)]
+    pub s3_options: S3Options,
     /// Buyer's X25519 public key (hex).
     #[arg(long)]
     pub buyer_public_key: String,
@@ -131,13 +146,13 @@ pub struct GrantArgs {
 
 #[derive(Args)]
 pub struct ConsumeArgs {
-    /// Directory with chunk-*.json envelopes (and manifest.json).
+    /// Directory (or s3://bucket/prefix) with chunk-*.json envelopes (and manifest.json).
     #[arg(long)]
     pub chunk_dir: Option<PathBuf>,
     /// Directory with buyer access files.
     #[arg(long)]
     pub access_dir: Option<PathBuf>,
-    /// Directory with chunk-*.bin ciphertexts.
+    /// Directory (or s3://bucket/prefix) with chunk-*.bin ciphertexts.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// File holding the buyer's X25519 private key (hex).
@@ -161,24 +176,100 @@ pub struct ConsumeArgs {
     /// Only accept chunks signed by this Ed25519 public key (hex).
     #[arg(long)]
     pub expect_public_key: Option<String>,
-    /// Release package URL (reference flag; not supported by this build).
-    #[arg(long, hide = true)]
+    /// A bundle's URL (as `distribute` prints it): fetched, verified and decrypted; instead
+    /// of --chunk-dir, --access-dir and --data-dir.
+    #[arg(long, conflicts_with_all = ["chunk_dir", "access_dir", "data_dir"])]
     pub download_url: Option<String>,
-    #[arg(long, hide = true)]
+    /// Where a downloaded bundle goes (default: a temporary directory).
+    #[arg(long, requires = "download_url")]
     pub work_dir: Option<PathBuf>,
-    #[arg(long, hide = true)]
+    /// Keep the downloaded bundle after a successful run.
+    #[arg(long, requires = "download_url")]
     pub keep_files: bool,
+    #[command(flatten)]
+    pub s3_options: S3Options,
+}
+
+/// How an order's bundle reaches the buyer.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Delivery {
+    /// One ZIP object per order in S3 behind a presigned GET URL.
+    S3,
+    /// This process serves the bundle (HTTP, or HTTPS with --tls-cert/--tls-key).
+    Http,
+}
+
+#[derive(Args)]
+pub struct DistributeArgs {
+    /// The published chain: a directory or s3://bucket/prefix.
+    #[arg(long)]
+    pub chunk_dir: PathBuf,
+    /// File holding the owner's X25519 private key (hex). Required without --keyd.
+    #[arg(long)]
+    pub owner_private_key_file: Option<PathBuf>,
+    /// Grant through keyd at this socket, with the machine's box key (which never leaves keyd).
+    #[arg(long, value_name = "SOCKET")]
+    pub keyd: Option<PathBuf>,
+    /// The endpoint polled for the payment confirmation (GET, exactly this URL).
+    #[arg(long)]
+    pub confirmation_url: String,
+    /// The order (purchase) id the confirmation must name.
+    #[arg(long)]
+    pub order_id: String,
+    /// Seconds between polls.
+    #[arg(long, default_value_t = 30)]
+    pub poll_interval: u64,
+    /// Seconds to wait for the confirmation in all.
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+    /// How the bundle is delivered.
+    #[arg(long, value_enum)]
+    pub delivery: Delivery,
+    /// Where --delivery s3 puts the order's ZIP (s3://bucket/prefix; the object is
+    /// {prefix}orders/{order-id}.zip).
+    #[arg(long = "s3", value_name = "S3_PATH")]
+    pub s3: Option<String>,
+    #[command(flatten)]
+    pub s3_options: S3Options,
+    /// Seconds the download URL (presigned, or the order's token) stays valid.
+    #[arg(long, default_value_t = 3600)]
+    pub presign_expiry: u64,
+    /// Size bound of one access file, in the reference's measure.
+    #[arg(long, default_value_t = stream::access::DEFAULT_MAX_FILE_SIZE)]
+    pub max_file_size: usize,
+    /// --delivery http: the address to serve on (e.g. 127.0.0.1:8443).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// --delivery http: the base URL buyers reach the server at (default: from --listen).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// --delivery http: PEM certificate chain, to serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// --delivery http: PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// --delivery http: stop once the buyer has every file, or only when the link expires.
+    #[arg(long, value_enum, default_value = "complete")]
+    pub serve_until: crate::deliver::serve::Until,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Directory with chunk-*.json envelopes and manifest.json, or a directory of such
-    /// directories (the edge agent's output, one per topic): each is verified.
+    /// directories (the edge agent's output, one per topic): each is verified. Or
+    /// s3://bucket/prefix.
     #[arg(long)]
     pub chunk_dir: PathBuf,
-    /// Directory with chunk-*.bin ciphertexts (default: the chunk directory).
+    /// Directory (or s3://bucket/prefix) with chunk-*.bin ciphertexts (default: the chunk
+    /// directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3_options: S3Options,
     /// Every chunk's signature must name this DID (a claim, not a key: see --expect-public-key).
     #[arg(long)]
     pub expect_did: Option<String>,

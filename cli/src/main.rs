@@ -1,13 +1,15 @@
 //! `peaqos`: publish, grant, consume, verify and sign peaq Stream data.
 //!
 //! Messages go to stderr, machine output (`--json`) to stdout. Exit codes: 0 ok,
-//! 1 a check failed, 2 bad usage or input.
+//! 1 a check failed, 2 bad usage or input, or a service unreachable.
 
 #![forbid(unsafe_code)]
 
 mod cli;
 mod cmd;
+mod deliver;
 mod output;
+mod s3;
 
 use clap::Parser;
 
@@ -18,6 +20,7 @@ fn main() {
         cli::Command::Stream(cli::StreamCommand::Publish(a)) => cmd::publish::run(a, &out),
         cli::Command::Stream(cli::StreamCommand::Grant(a)) => cmd::grant::run(a, &out),
         cli::Command::Stream(cli::StreamCommand::Consume(a)) => cmd::consume::run(a, &out),
+        cli::Command::Stream(cli::StreamCommand::Distribute(a)) => cmd::distribute::run(a, &out),
         cli::Command::Stream(cli::StreamCommand::Verify(a)) => cmd::verify::run(a, &out),
         cli::Command::Stream(cli::StreamCommand::Sign(a)) => cmd::sign::run(a, &out),
         cli::Command::Stream(cli::StreamCommand::VerifyPackages(a)) => {

@@ -12,13 +12,16 @@ pub enum CliError {
     Check(String),
     /// Bad usage or input (missing file, malformed key, unreadable directory): exit 2.
     Input(String),
+    /// A service could not be reached or did not answer in time (S3, a confirmation
+    /// endpoint, a download): exit 2, as the reference's network errors.
+    Network(String),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Check(_) => 1,
-            CliError::Input(_) => 2,
+            CliError::Input(_) | CliError::Network(_) => 2,
         }
     }
 }
@@ -26,7 +29,7 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Check(m) | CliError::Input(m) => f.write_str(m),
+            CliError::Check(m) | CliError::Input(m) | CliError::Network(m) => f.write_str(m),
         }
     }
 }

@@ -28,6 +28,13 @@ pub struct Manifest {
     pub machine_did: String,
     /// When the manifest was made, in UTC (`%Y-%m-%dT%H:%M:%SZ` as this crate writes it).
     pub created_at: String,
+    /// `s3Bucket`: the bucket the chain was uploaded to, added after `createdAt` by an
+    /// upload (as the reference's `publish --s3` adds it); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_bucket: Option<String>,
+    /// `s3Prefix`: the key prefix in that bucket (empty or ending with `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_prefix: Option<String>,
 }
 
 impl Manifest {
@@ -45,6 +52,8 @@ impl Manifest {
             chunk_size,
             machine_did,
             created_at: utc_now_iso8601(),
+            s3_bucket: None,
+            s3_prefix: None,
         }
     }
 
@@ -125,6 +134,14 @@ pub enum LayoutError {
     /// The directory holds no `chunk-*.json`; holds the directory.
     #[error("no chunk files (chunk-*.json) in {0}")]
     NoChunks(String),
+    /// Another output of the chain (an upload) failed.
+    #[error("{to}: {reason}")]
+    Output {
+        /// Where the chain was going (`s3://bucket/prefix`).
+        to: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {

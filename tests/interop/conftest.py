@@ -18,9 +18,17 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PEAQOS_TELEMETRY"] = "0"
 
 
-def run(cmd: list[str], cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Runs a command, returning its output; on an unexpected failure shows it."""
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+def run(cmd: list[str], cwd: Path | None = None, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Runs a command, returning its output; on an unexpected failure shows it. `env` adds
+    to (or, with a None value, removes from) this process's environment."""
+    full = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -28,12 +36,14 @@ def run(cmd: list[str], cwd: Path | None = None, check: bool = True) -> subproce
     return proc
 
 
-def ours(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return run([OURS, *args], cwd=cwd, check=check)
+def ours(*args: str, cwd: Path | None = None, check: bool = True, env: dict[str, str] | None = None,
+         timeout: float | None = None) -> subprocess.CompletedProcess:
+    return run([OURS, *args], cwd=cwd, check=check, env=env, timeout=timeout)
 
 
-def ref(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return run([REF_CLI, *args], cwd=cwd, check=check)
+def ref(*args: str, cwd: Path | None = None, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
+    return run([REF_CLI, *args], cwd=cwd, check=check, env=env, timeout=timeout)
 
 
 class Keys:

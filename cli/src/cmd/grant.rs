@@ -3,11 +3,12 @@
 use serde_json::json;
 use stream::access::{pack_files, BuyerIdentity, BUYER_ACCESS_SCHEMA_VERSION};
 use stream::layout::{self, Durability};
-use stream::local::LocalGranter;
-use stream::signer::ChunkKeyGranter;
+
+use store::fetch::Fetch;
 
 use crate::cli::GrantArgs;
 use crate::output::{check, input, print_json, CliError, CliResult, Output};
+use crate::s3::LocalChain;
 
 pub fn run(args: GrantArgs, out: &Output) -> CliResult {
     if args.max_file_size == 0 {
@@ -21,23 +22,14 @@ pub fn run(args: GrantArgs, out: &Output) -> CliResult {
     }
     let buyer = BuyerIdentity::new(buyer_id, &args.buyer_public_key)
         .map_err(|e| input(format!("--buyer-public-key: {}", e.reason)))?;
-    let keyd;
-    let local;
-    let granter: &dyn ChunkKeyGranter = match (&args.keyd, &args.owner_private_key_file) {
-        (Some(_), Some(_)) => {
-            return Err(CliError::Input("--owner-private-key-file cannot be used with --keyd: keyd grants with the machine's key".into()))
-        }
-        (Some(socket), None) => {
-            keyd = super::connect_keyd(socket)?;
-            &keyd
-        }
-        (None, file) => {
-            let file = super::required(file, "--owner-private-key-file")?;
-            local = LocalGranter::new(super::read_box_key(&file, "an X25519 private key")?);
-            &local
-        }
-    };
-    let chunks = layout::read_chunks(&args.chunk_dir).map_err(input)?;
+    let granter = super::granter(&args.keyd, &args.owner_private_key_file)?;
+    let chain = LocalChain::open(
+        "--chunk-dir",
+        &args.chunk_dir,
+        Fetch::Envelopes,
+        &args.s3_options,
+    )?;
+    let chunks = layout::read_chunks(chain.dir()).map_err(input)?;
     if !args.json {
         out.say(format!(
             "Granting access to {} chunks for buyer {buyer_id}...",

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod consume;
+pub mod distribute;
 pub mod grant;
 pub mod keys;
 pub mod publish;
@@ -34,6 +35,27 @@ pub fn required<T: Clone>(value: &Option<T>, flag: &str) -> Result<T, CliError> 
 /// Connects to keyd.
 pub fn connect_keyd(socket: &Path) -> Result<keyd_proto::client::KeydClient, CliError> {
     keyd_proto::client::KeydClient::connect(socket).map_err(input)
+}
+
+/// Who grants a buyer the chunk keys: keyd with the machine's box key (`--keyd`), or the
+/// owner's key file.
+pub fn granter(
+    keyd: &Option<std::path::PathBuf>,
+    owner_key_file: &Option<std::path::PathBuf>,
+) -> Result<Box<dyn stream::signer::ChunkKeyGranter>, CliError> {
+    match (keyd, owner_key_file) {
+        (Some(_), Some(_)) => Err(CliError::Input(
+            "--owner-private-key-file cannot be used with --keyd: keyd grants with the machine's key".into(),
+        )),
+        (Some(socket), None) => Ok(Box::new(connect_keyd(socket)?)),
+        (None, file) => {
+            let file = required(file, "--owner-private-key-file")?;
+            Ok(Box::new(stream::local::LocalGranter::new(read_box_key(
+                &file,
+                "an X25519 private key",
+            )?)))
+        }
+    }
 }
 
 /// Parses an Ed25519 public key given as hex.

@@ -19,16 +19,21 @@ use stream::layout::{self, Durability, Manifest};
 use stream::local::{LocalChunkKeys, LocalChunkSigner, RecipientSpec};
 use stream::signer::{ChunkHashSigner, ChunkKeySource};
 
+use store::upload::{with_storage_ref, ChainUpload, StorageRefs};
+use store::S3Path;
+use stream::chain::{ChainOutput, ChunkEnvelope};
+use stream::layout::LayoutError;
+
 use crate::cli::PublishArgs;
 use crate::output::{check, input, print_json, CliError, CliResult, Output};
 
 pub fn run(args: PublishArgs, out: &Output) -> CliResult {
-    if args.s3.is_some() || args.s3_region.is_some() || args.s3_endpoint.is_some() {
-        return Err(CliError::Input(
-            "--s3 upload is not supported by this build; publish locally and upload the directory"
-                .into(),
-        ));
-    }
+    // Parsed first: a malformed --s3 fails before any work.
+    let s3_path = args
+        .s3
+        .as_deref()
+        .map(|text| S3Path::parse("--s3", text).map_err(input))
+        .transpose()?;
     if args.chunk_size == 0 {
         return Err(CliError::Input(
             "--chunk-size must be a positive integer".into(),
@@ -140,23 +145,101 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
         Durability::Atomic
     };
     let bar = out.progress(total_bytes, true, !args.json);
-    let mut output = DirOutput::new(&args.output_dir, durability);
-    let writer = publish_stream(
-        file,
-        ChainWriter::new(&machine_did, args.chunk_size as u64),
-        keys,
-        signer,
-        &mut output,
-        jobs,
-        &|n| bar.inc(n),
-    )?;
+    let local = DirOutput::new(&args.output_dir, durability);
+    let chain = ChainWriter::new(&machine_did, args.chunk_size as u64);
+    let progress = |n| bar.inc(n);
+    let manifest: Manifest = match &s3_path {
+        None => {
+            let mut output = local;
+            let writer = publish_stream(file, chain, keys, signer, &mut output, jobs, &progress)?;
+            remove_stale_chunks(&args.output_dir, writer.next_index())?;
+            writer.write_manifest(&mut output).map_err(check)?
+        }
+        Some(path) => {
+            let bucket = crate::s3::open(path, &args.s3_options)?;
+            let runtime = crate::s3::runtime()?;
+            // Counts objects: two per chunk and the manifest.
+            let up_bar = out.progress(1, false, !args.json);
+            let up = up_bar.clone();
+            let mut output = S3Publish {
+                local: StorageRefs::new(local, Some(path.clone())),
+                upload: ChainUpload::new(
+                    bucket,
+                    path.clone(),
+                    runtime.handle().clone(),
+                    UPLOADS_IN_FLIGHT,
+                    std::sync::Arc::new(move |_bytes| up.inc(1)),
+                ),
+                path: path.clone(),
+                up_bar: up_bar.clone(),
+            };
+            out.say(format!("Uploading to {path} as chunks are sealed..."));
+            let writer = publish_stream(file, chain, keys, signer, &mut output, jobs, &progress)?;
+            remove_stale_chunks(&args.output_dir, writer.next_index())?;
+            // The local manifest first (with s3Bucket and s3Prefix, as the reference leaves
+            // it), then the bucket's, once every chunk is there.
+            let manifest = writer.write_manifest(&mut output).map_err(check)?;
+            let manifest = store::upload::with_s3_fields(&manifest, path);
+            output
+                .upload
+                .finish(&manifest)
+                .map_err(|e| CliError::Network(format!("S3 upload failed: {e}")))?;
+            up_bar.finish_and_clear();
+            manifest
+        }
+    };
     bar.finish_and_clear();
-    remove_stale_chunks(&args.output_dir, writer.next_index())?;
-    let manifest: Manifest = writer.write_manifest(&mut output).map_err(check)?;
     let manifest_path = args.output_dir.join("manifest.json");
 
     if args.json {
-        print_json(&serde_json::to_value(&manifest).map_err(check)?);
+        let mut value = serde_json::to_value(&manifest).map_err(check)?;
+        if let (Some(path), Some(map)) = (&s3_path, value.as_object_mut()) {
+            let chunks = (0..manifest.total_chunks)
+                .map(|index| {
+                    serde_json::json!({
+                        "index": index,
+                        "storageRef": store::upload::storage_ref(path, index),
+                    })
+                })
+                .collect();
+            map.insert("chunks".into(), serde_json::Value::Array(chunks));
+        }
+        print_json(&value);
+    } else if let Some(path) = &s3_path {
+        let dir = args.output_dir.display();
+        out.say(format!(
+            "\nPublished {} chunks to {dir}/\n",
+            manifest.total_chunks
+        ));
+        out.say(format!(
+            "Uploaded {} chunks to s3://{}/{}\n",
+            manifest.total_chunks, path.bucket, path.prefix
+        ));
+        out.say("  Schema:       peaq.stream.chunks.v1");
+        out.say(format!("  Source Hash:  {}", manifest.source_hash));
+        out.say(format!("  Chunk Size:   {} bytes", manifest.chunk_size));
+        out.say(format!("  Machine DID:  {}", manifest.machine_did));
+        out.say(format!("  S3 Bucket:    {}", path.bucket));
+        out.say(format!("  S3 Prefix:    {}", path.prefix));
+        out.say("");
+        out.say("  Files (local + S3):");
+        for i in 0..manifest.total_chunks.min(20) {
+            out.say(format!(
+                "    chunk-{i}.json  chunk-{i}.bin  → {}",
+                store::upload::storage_ref(path, i)
+            ));
+        }
+        if manifest.total_chunks > 20 {
+            out.say(format!(
+                "    … and {} more chunk pairs",
+                manifest.total_chunks - 20
+            ));
+        }
+        out.say(format!(
+            "    manifest.json              → {}",
+            path.uri("manifest.json")
+        ));
+        println!("{}", manifest_path.display());
     } else {
         let dir = args.output_dir.display();
         out.say(format!(
@@ -301,6 +384,38 @@ fn publish_stream(
         )));
     }
     Ok(writer)
+}
+
+/// Objects uploading at once during `publish --s3`.
+const UPLOADS_IN_FLIGHT: usize = 8;
+
+/// The published directory (envelopes with their storageRef) and the bucket, chunk by chunk.
+struct S3Publish {
+    local: StorageRefs<DirOutput>,
+    upload: ChainUpload,
+    path: S3Path,
+    up_bar: indicatif::ProgressBar,
+}
+
+impl ChainOutput for S3Publish {
+    fn write_chunk(
+        &mut self,
+        envelope: &ChunkEnvelope,
+        ciphertext: &[u8],
+    ) -> Result<(), LayoutError> {
+        self.local.write_chunk(envelope, ciphertext)?;
+        let envelope = with_storage_ref(envelope, &self.path);
+        self.up_bar.inc_length(2);
+        self.upload
+            .chunk(&envelope, bytes::Bytes::copy_from_slice(ciphertext))
+            .map_err(|e| LayoutError::Output {
+                to: self.path.to_string(),
+                reason: e.to_string(),
+            })
+    }
+    fn write_manifest(&mut self, manifest: &Manifest) -> Result<(), LayoutError> {
+        self.local.write_manifest(manifest)
+    }
 }
 
 fn remove_if_present(path: &Path) -> Result<(), CliError> {

@@ -4,8 +4,11 @@ use serde_json::json;
 use stream::chain::{verify_chain, ChainFailure, VerifyOptions};
 use stream::layout;
 
+use store::fetch::Fetch;
+
 use crate::cli::VerifyArgs;
 use crate::output::{input, print_json, CliError, CliResult, Output};
+use crate::s3::LocalChain;
 
 pub fn run(args: VerifyArgs, out: &Output) -> CliResult {
     let expect_public_key = args
@@ -22,13 +25,24 @@ pub fn run(args: VerifyArgs, out: &Output) -> CliResult {
         expect_public_key,
         recipient: recipient.as_ref(),
     };
-    let chains = published_below(&args.chunk_dir);
-    if args.data_dir.is_some() || chains.is_empty() {
-        let data_dir = args
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| args.chunk_dir.clone());
-        return match verify_one(&args, &keys, &args.chunk_dir, &data_dir, out)? {
+    // s3://bucket/prefix: a private local copy (ciphertexts too unless --data-dir says
+    // where they are).
+    let data = args
+        .data_dir
+        .as_deref()
+        .map(|d| LocalChain::open("--data-dir", d, Fetch::Everything, &args.s3_options))
+        .transpose()?;
+    let what = if data.is_some() {
+        Fetch::Envelopes
+    } else {
+        Fetch::Everything
+    };
+    let chain = LocalChain::open("--chunk-dir", &args.chunk_dir, what, &args.s3_options)?;
+    let chunk_dir = chain.dir();
+    let chains = published_below(chunk_dir);
+    if data.is_some() || chains.is_empty() {
+        let data_dir = data.as_ref().map_or(chunk_dir, |d| d.dir());
+        return match verify_one(&args, &keys, chunk_dir, data_dir, out)? {
             Ok(report) => {
                 if args.json {
                     print_json(&report);

@@ -92,8 +92,8 @@ pub struct ChunkEnvelope {
     /// `0x` + sha256 hex of the plaintext.
     #[serde(alias = "plaintext_hash")]
     pub plaintext_hash: String,
-    /// `storageRef`, a reference to the stored ciphertext: kept as read, never checked,
-    /// and written as null.
+    /// `storageRef`, a reference to the stored ciphertext (`s3://bucket/key` once
+    /// uploaded, else null): covered by no hash or signature, kept as read, never checked.
     #[serde(default, alias = "storage_ref")]
     pub storage_ref: Option<String>,
     /// The cipher, nonce, key commitment and wrapped chunk keys.
