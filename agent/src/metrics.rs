@@ -38,6 +38,7 @@ pub struct Metrics {
     pub queue_disk_bytes: Gauge,
     pub spool_packages: Family<Labels, Gauge>,
     pub upload_backlog: Family<Labels, Gauge>,
+    pub upload_backlog_bytes: Family<Labels, Gauge>,
     pub uploaded_chunks: Family<Labels, Counter>,
     pub uploaded_bytes: Family<Labels, Counter>,
     pub upload_failures: Family<Labels, Counter>,
@@ -180,6 +181,11 @@ impl Metrics {
             upload_backlog: metric!(
                 "upload_backlog_chunks",
                 "Committed chunks not yet uploaded to an S3 output",
+                Family::default()
+            ),
+            upload_backlog_bytes: metric!(
+                "upload_backlog_bytes",
+                "Bytes of committed chunks not yet uploaded to an S3 output",
                 Family::default()
             ),
             uploaded_chunks: metric!(

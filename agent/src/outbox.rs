@@ -59,6 +59,9 @@ struct Target {
     next: u64,
     /// The chunk count of the manifest last uploaded.
     manifest_at: Option<u64>,
+    /// Bytes of chunks `next..sized_upto` (the backlog, as far as it has been measured).
+    backlog_bytes: u64,
+    sized_upto: u64,
     backoff: Duration,
     retry_at: Instant,
     /// Since when uploads fail (with a backlog), if they do.
@@ -141,6 +144,8 @@ pub fn open(config: &AgentConfig, spools: &[TopicSpool]) -> Result<Vec<TopicUplo
                 position_file,
                 next,
                 manifest_at: None,
+                backlog_bytes: 0,
+                sized_upto: next,
                 backoff: BACKOFF_MIN,
                 retry_at: Instant::now(),
                 failing_since: None,
@@ -217,10 +222,16 @@ pub fn run(
                     }
                 }
                 let backlog = committed.saturating_sub(target.next);
+                let labels = metrics::upload(&topic.topic, &target.name);
                 metrics
                     .upload_backlog
-                    .get_or_create(&metrics::upload(&topic.topic, &target.name))
+                    .get_or_create(&labels)
                     .set(backlog as i64);
+                measure_backlog(&topic.dir, committed, target);
+                metrics
+                    .upload_backlog_bytes
+                    .get_or_create(&labels)
+                    .set(target.backlog_bytes as i64);
                 if backlog == 0 {
                     target.failing_since = None;
                 }
@@ -242,6 +253,19 @@ pub fn run(
         if !progressed {
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Adds the sizes of chunks committed since the last look to the target's backlog.
+fn measure_backlog(dir: &Path, committed: u64, target: &mut Target) {
+    while target.sized_upto < committed {
+        let index = target.sized_upto;
+        for name in [format!("chunk-{index}.bin"), format!("chunk-{index}.json")] {
+            if let Ok(meta) = std::fs::metadata(dir.join(name)) {
+                target.backlog_bytes += meta.len();
+            }
+        }
+        target.sized_upto += 1;
     }
 }
 
@@ -318,6 +342,11 @@ async fn step(
             source,
         })?;
         target.next = index + 1;
+        if target.sized_upto > index {
+            target.backlog_bytes = target.backlog_bytes.saturating_sub(bytes);
+        } else {
+            target.sized_upto = target.next;
+        }
         let labels = metrics::upload(topic, &target.name);
         metrics.uploaded_chunks.get_or_create(&labels).inc();
         metrics.uploaded_bytes.get_or_create(&labels).inc_by(bytes);

@@ -1,6 +1,7 @@
 """A real S3-compatible object store for the tests: Garage (Rust, AGPL; built once by
 scripts/setup into ~/.cache/peaqos/tools), single node on 127.0.0.1, its data in a
-temporary directory. Stop and start it again to make an outage; the data stays."""
+temporary directory. Stop and start it again to make an outage; the data stays. Given a
+network namespace (a process's pid), it lives there, for agents that run in one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import secrets
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,8 +29,10 @@ def free_port() -> int:
 class Garage:
     """One Garage node; `endpoint`, `key_id`, `secret` and `env()` once started."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, netns: int | None = None):
         self.dir = directory
+        # Every command of ours that talks to it runs in its namespace.
+        self.wrap = ["nsenter", f"--net=/proc/{netns}/ns/net"] if netns else []
         self.dir.mkdir(parents=True, exist_ok=True)
         self.s3_port = free_port()
         self.rpc_port = free_port()
@@ -58,23 +62,25 @@ api_bind_addr = "127.0.0.1:{self.admin_port}"
         self.secret = ""
 
     def cli(self, *args: str) -> str:
-        proc = subprocess.run([GARAGE, "-c", str(self.config), *args], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([*self.wrap, GARAGE, "-c", str(self.config), *args], capture_output=True, text=True,
+                              timeout=60)
         if proc.returncode != 0:
             raise AssertionError(f"garage {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc.stdout
 
     def start(self) -> None:
         log = open(self.dir / "garage.log", "ab")
-        self.proc = subprocess.Popen([GARAGE, "-c", str(self.config), "server"], stdout=log, stderr=log,
+        self.proc = subprocess.Popen([*self.wrap, GARAGE, "-c", str(self.config), "server"], stdout=log, stderr=log,
                                      env={**os.environ, "RUST_LOG": "garage=warn"})
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"garage exited: {(self.dir / 'garage.log').read_text()[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.s3_port), timeout=0.5):
-                    pass
                 self.cli("status")
+                if not self.wrap:
+                    with socket.create_connection(("127.0.0.1", self.s3_port), timeout=0.5):
+                        pass
                 return
             except (OSError, AssertionError):
                 time.sleep(0.2)
@@ -121,6 +127,21 @@ api_bind_addr = "127.0.0.1:{self.admin_port}"
 
     def objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
         """Every object under `prefix`, by key."""
+        if self.wrap:
+            # Listed from inside the namespace, by this same module.
+            script = (f"import sys, json, base64; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                      "from s3server import Garage; g = Garage.__new__(Garage); "
+                      f"g.endpoint, g.key_id, g.secret, g.wrap = {self.endpoint!r}, {self.key_id!r}, "
+                      f"{self.secret!r}, []; "
+                      f"print(json.dumps({{k: base64.b64encode(v).decode() for k, v in "
+                      f"g.objects({bucket!r}, {prefix!r}).items()}}))")
+            proc = subprocess.run([*self.wrap, sys.executable, "-c", script], capture_output=True, text=True,
+                                  timeout=120)
+            if proc.returncode != 0:
+                raise AssertionError(f"listing s3://{bucket}/{prefix} failed:\n{proc.stderr}")
+            import base64
+            import json
+            return {k: base64.b64decode(v) for k, v in json.loads(proc.stdout).items()}
         c = self.client()
         out: dict[str, bytes] = {}
         for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

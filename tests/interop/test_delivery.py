@@ -209,8 +209,8 @@ def test_distribute_http_serves_the_reference_buyer(keys, chain, source, tmp_pat
     endpoint = Confirmations([(200, confirmed(keys))])
     result_file = tmp_path / "result.json"
     with open(result_file, "w") as out:
-        seller = subprocess.Popen([OURS, "-q", *distribute_args(keys, chain, endpoint, "--delivery", "http",
-                                                                "--listen", "127.0.0.1:0", "--json")],
+        seller = subprocess.Popen([OURS, *distribute_args(keys, chain, endpoint, "--delivery", "http",
+                                                          "--listen", "127.0.0.1:0", "--json")],
                                   stdout=out, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 20
@@ -227,7 +227,10 @@ def test_distribute_http_serves_the_reference_buyer(keys, chain, source, tmp_pat
         assert buyer_consumes(ref, keys, url, tmp_path, "ref").read_bytes() == source.read_bytes()
         # Once every file has been sent the seller stops, and says so.
         assert seller.wait(timeout=20) == 0
-        assert "delivered" in seller.stderr.read()
+        log = seller.stderr.read()
+        assert "order o-1: delivered" in log
+        # The log line per order never holds the link (a bearer credential).
+        assert url.split("token=")[1] not in log
     finally:
         endpoint.close()
         if seller.poll() is None:
@@ -324,3 +327,159 @@ def test_distribute_grants_through_keyd_on_softhsm(s3, source, tmp_path):
         assert out.read_bytes() == source.read_bytes()
     finally:
         subprocess.run([keyd_dev, "stop", "--dir", str(directory)], check=False)
+
+
+class StaticFiles:
+    """A plain web server over a directory (what a seller's CDN or bucket would be), recording
+    every path asked for; a missing file is a 404."""
+
+    def __init__(self, root: Path):
+        import functools
+        from http.server import SimpleHTTPRequestHandler
+
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def reference_bundle(keys, source, root: Path) -> list[str]:
+    """A chain published and granted by the reference's own CLI, flattened into `root` as a
+    bundle: the chain's files and the access files. Returns the file names."""
+    pub, access = root.parent / "ref-pub", root.parent / "ref-access"
+    ref("-q", *publish_args(keys, source, pub, 100_000), cwd=root.parent)
+    ref("-q", *grant_args(keys, pub, access), cwd=root.parent)
+    root.mkdir()
+    names = []
+    for path in sorted([*pub.iterdir(), *access.iterdir()]):
+        (root / path.name).write_bytes(path.read_bytes())
+        names.append(path.name)
+    return names
+
+
+def test_consume_reads_bundles_made_by_the_reference_tools(keys, source, tmp_path):
+    import zipfile
+
+    site = tmp_path / "site"
+    site.mkdir()
+    names = reference_bundle(keys, source, site / "order-a")
+    listing = json.loads((site / "order-a" / "manifest.json").read_text())
+    listing["files"] = names
+    (site / "order-a" / "manifest.json").write_text(json.dumps(listing))
+    # The ZIP form, members under a folder (consume takes flat names wherever they sit).
+    with zipfile.ZipFile(site / "order-b.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for name in names:
+            z.write(site / "order-a" / name, f"bundle/{name}")
+    server = StaticFiles(site)
+    try:
+        for url in (f"{server.url}/order-a?sig=abc", f"{server.url}/order-b.zip"):
+            for tool, who in ((ours, "ours"), (ref, "ref")):
+                out = tmp_path / f"{who}-{url.rsplit('/', 1)[1].split('?')[0]}.bin"
+                tool("-q", "stream", "consume", "--download-url", url, "--buyer-private-key-file",
+                     keys.path("buyer.key"), "--buyer-id", "buyer-1", "--output", str(out), "--work-dir",
+                     str(tmp_path / f"work-{who}"), cwd=tmp_path)
+                assert out.read_bytes() == source.read_bytes(), (who, url)
+    finally:
+        server.close()
+    # The query went along on every fetch of the listed form.
+    listed = [r for r in server.requests if r.startswith("/order-a/")]
+    assert listed and all(r.endswith("?sig=abc") for r in listed)
+    # Nothing is left behind in the work directory after a successful run.
+    work = tmp_path / "work-ours"
+    assert not work.exists() or not list(work.iterdir())
+
+
+def test_consume_refuses_unsafe_bundles(keys, source, tmp_path):
+    import zipfile
+
+    site = tmp_path / "site"
+    site.mkdir()
+    names = reference_bundle(keys, source, site / "good")
+    bad_listing = site / "listing"
+    bad_listing.mkdir()
+    (bad_listing / "manifest.json").write_text(json.dumps({"files": ["../escape.json"]}))
+    with zipfile.ZipFile(site / "escape.zip", "w") as z:
+        z.writestr("../../evil.json", "{}")
+    with zipfile.ZipFile(site / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for name in names:
+            z.write(site / "good" / name, name)
+        z.writestr("chunk-99.bin", b"\0" * (600 * 1024 * 1024))
+    server = StaticFiles(site)
+    try:
+        for path, message in [("listing", "unsafe file name"), ("escape.zip", "escapes the work directory"),
+                              ("bomb.zip", "per-file limit"), ("missing", "HTTP 404")]:
+            output = tmp_path / "out.bin"
+            proc = ours("stream", "consume", "--download-url", f"{server.url}/{path}", "--buyer-private-key-file",
+                        keys.path("buyer.key"), "--buyer-id", "buyer-1", "--output", str(output), check=False,
+                        cwd=tmp_path)
+            assert proc.returncode == 2 and message in proc.stderr, (path, proc.stderr)
+            assert not output.exists(), path
+    finally:
+        server.close()
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=peaqos test CA", "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                       "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days",
+            "2", "-extfile", "ext.cnf", "-out", "server.pem")
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+def test_distribute_http_over_tls_streams_from_an_s3_chain(s3, keys, source, tmp_path):
+    ours("-q", *publish_args(keys, source, tmp_path / "pub", 100_000), "--s3", f"s3://{BUCKET}/tls/run",
+         env=s3.env())
+    ca, cert, key = make_tls(tmp_path)
+    endpoint = Confirmations([(200, confirmed(keys))])
+    result_file = tmp_path / "result.json"
+    with open(result_file, "w") as out:
+        seller = subprocess.Popen([OURS, *distribute_args(keys, f"s3://{BUCKET}/tls/run", endpoint, "--delivery",
+                                                          "http", "--listen", "127.0.0.1:0", "--tls-cert", str(cert),
+                                                          "--tls-key", str(key), "--serve-until", "expiry",
+                                                          "--presign-expiry", "30", "--json")],
+                                  stdout=out, stderr=subprocess.PIPE, text=True, env={**os.environ, **s3.env()})
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and not result_file.read_text().strip().endswith("}"):
+            time.sleep(0.1)
+        url = json.loads(result_file.read_text())["delivery"]["download_url"]
+        assert url.startswith("https://127.0.0.1:")
+        trust = {"SSL_CERT_FILE": str(ca)}
+        # Both buyers, each trusting the seller's CA; the .bin files stream from S3.
+        for tool, who in ((ref, "ref"), (ours, "ours")):
+            got = tmp_path / f"{who}.bin"
+            tool("-q", "stream", "consume", "--download-url", url, "--buyer-private-key-file",
+                 keys.path("buyer.key"), "--buyer-id", "buyer-1", "--output", str(got), env=trust, cwd=tmp_path)
+            assert got.read_bytes() == source.read_bytes(), who
+        # A buyer that does not trust the certificate gets nothing.
+        untrusted = ours("stream", "consume", "--download-url", url, "--buyer-private-key-file",
+                         keys.path("buyer.key"), "--buyer-id", "buyer-1", "--output", str(tmp_path / "x.bin"),
+                         check=False, cwd=tmp_path)
+        assert untrusted.returncode == 2 and not (tmp_path / "x.bin").exists()
+        # No ciphertext was copied for this buyer: the seller read them from S3 as it served.
+        assert not list(tmp_path.glob("**/peaqos-bundle-*"))
+    finally:
+        endpoint.close()
+        seller.kill()
+        seller.wait()

@@ -117,7 +117,18 @@ pub async fn download_bundle(
                 .suffix(".zip")
                 .tempfile_in(root)
                 .map_err(|e| input(format!("cannot make a temporary file: {e}")))?;
-            stream_to_file(response, temp.path(), MAX_TOTAL_BYTES, "the package").await?;
+            let mut out = temp
+                .as_file()
+                .try_clone()
+                .map_err(|e| input(format!("cannot write the package: {e}")))?;
+            stream_into(
+                response,
+                &mut out,
+                temp.path(),
+                MAX_TOTAL_BYTES,
+                "the package",
+            )
+            .await?;
             let file = temp
                 .reopen()
                 .map_err(|e| input(format!("cannot reopen the package: {e}")))?;
@@ -207,6 +218,16 @@ async fn stream_to_file(
     what: &str,
 ) -> Result<u64, CliError> {
     let mut file = create_new(target)?;
+    stream_into(response, &mut file, target, cap, what).await
+}
+
+async fn stream_into(
+    response: reqwest::Response,
+    file: &mut std::fs::File,
+    target: &Path,
+    cap: u64,
+    what: &str,
+) -> Result<u64, CliError> {
     let mut written = 0u64;
     let mut stream = response.bytes_stream();
     while let Some(part) = stream.next().await {

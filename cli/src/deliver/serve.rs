@@ -230,12 +230,13 @@ async fn file(
         Blob::File(path, _) => match tokio::fs::File::open(path).await {
             Ok(handle) => body_then(
                 tokio_util::io::ReaderStream::new(handle).map_err(std::io::Error::other),
+                size,
                 done,
             ),
             Err(_) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "cannot read\n"),
         },
         Blob::S3 { bucket, key, .. } => match bucket.get_stream(key).await {
-            Ok(Some((_, stream))) => body_then(stream.map_err(std::io::Error::other), done),
+            Ok(Some((_, stream))) => body_then(stream.map_err(std::io::Error::other), size, done),
             _ => return refuse(StatusCode::BAD_GATEWAY, "cannot read from storage\n"),
         },
     };
@@ -250,17 +251,28 @@ async fn file(
         .into_response()
 }
 
-/// A body from `stream` that calls `done` once its last byte has been handed over.
-fn body_then<S>(stream: S, done: impl FnOnce() + Send + 'static) -> Body
+/// A body from `stream` that calls `done` once its last byte (of `size`) has been handed
+/// over. Counted, not waited for as the stream's end: with a Content-Length, hyper stops
+/// polling a body as soon as it has that many bytes.
+fn body_then<S>(stream: S, size: u64, done: impl FnOnce() + Send + 'static) -> Body
 where
     S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
     let mut done = Some(done);
-    let tail = futures::stream::poll_fn(move |_| {
+    let mut sent = 0u64;
+    if size == 0 {
         if let Some(done) = done.take() {
             done();
         }
-        std::task::Poll::Ready(None)
-    });
-    Body::from_stream(stream.chain(tail))
+    }
+    Body::from_stream(stream.inspect(move |part| {
+        if let Ok(part) = part {
+            sent += part.len() as u64;
+            if sent >= size {
+                if let Some(done) = done.take() {
+                    done();
+                }
+            }
+        }
+    }))
 }
