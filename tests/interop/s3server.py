@@ -148,3 +148,38 @@ api_bind_addr = "127.0.0.1:{self.admin_port}"
             for item in page.get("Contents", []):
                 out[item["Key"]] = c.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
         return out
+
+
+def main() -> None:
+    """`s3server.py start DIR [--bucket B]...` starts a node whose data lives in DIR (in the
+    caller's network namespace), prints the environment our CLI and the reference read, as
+    JSON, and leaves it running; `s3server.py stop DIR` stops it. For scripts/demo."""
+    import argparse
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start")
+    start.add_argument("dir", type=Path)
+    start.add_argument("--bucket", action="append", default=[])
+    stop = sub.add_parser("stop")
+    stop.add_argument("dir", type=Path)
+    args = parser.parse_args()
+    pid_file = args.dir / "garage.pid"
+    if args.command == "start":
+        server = Garage(args.dir)
+        server.start()
+        server.setup(args.bucket)
+        pid_file.write_text(f"{server.proc.pid}\n")
+        print(json.dumps(server.env()))
+    elif pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink()
+
+
+if __name__ == "__main__":
+    main()
