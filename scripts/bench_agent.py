@@ -60,14 +60,15 @@ def scrape(port: int) -> str:
 
 
 def scenario(work: Path, socket: str, keyd_pid: int, agent: str, publisher: list[str], kind: str, type_name: str,
-             count: int, rate: float, size: int, chunk_bytes: int) -> dict:
+             count: int, rate: float, size: int, chunk_bytes: int, extra_map: str = "") -> dict:
+    """One run; `extra_map` adds top-level map keys (e.g. S3 `outputs`)."""
     d = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     d.chmod(0o755)
     (d / "agent").mkdir()
     os.chown(d / "agent", 65534, 65534)
     map_path = d / "map.yaml"
     map_path.write_text(f"keyd:\n  socket: {socket}\nspool_dir: {d}/agent/spool\noutput_dir: {d}/agent/out\n"
-                        f"metrics:\n  listen: 127.0.0.1:9464\n"
+                        f"metrics:\n  listen: 127.0.0.1:9464\n{extra_map}"
                         f"topics:\n  - topic: /bench\n    type: {type_name}\n    qos: {{ profile: reliable }}\n"
                         f"    schema_version: \"1\"\n    chunk: {{ max_bytes: {chunk_bytes} }}\n")
     log = open(d / "agent.log", "w")
@@ -101,6 +102,15 @@ def scenario(work: Path, socket: str, keyd_pid: int, agent: str, publisher: list
     end = last_change
     cpu_agent, cpu_keyd = cpu_seconds(proc.pid) - cpu_agent0, cpu_seconds(keyd_pid) - cpu_keyd0
     rss = peak_rss_mib(proc.pid)
+    # With uploads: how long after the last accepted message the outputs caught up.
+    upload_lag = None
+    if extra_map:
+        while time.perf_counter() - end < 120:
+            text = scrape(9464)
+            if "edge_agent_upload_backlog_chunks" in text and metric(text, "edge_agent_upload_backlog_chunks") == 0:
+                upload_lag = time.perf_counter() - end
+                break
+            time.sleep(0.05)
     pub.wait()
     pub_line = (pub.stderr.read() if pub.stderr else "").strip().splitlines()[-1:] or [""]
     m = re.search(r"in ([0-9.]+) s", pub_line[0])
@@ -116,6 +126,7 @@ def scenario(work: Path, socket: str, keyd_pid: int, agent: str, publisher: list
         "rate": last_spooled / elapsed if elapsed > 0 else 0.0,
         "mb_per_s": last_spooled * size / elapsed / 1e6 if elapsed > 0 else 0.0,
         "agent_cpu": cpu_agent / elapsed, "keyd_cpu": cpu_keyd / elapsed, "rss_mib": rss,
+        "upload_lag_s": upload_lag,
     }
 
 

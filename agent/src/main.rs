@@ -132,6 +132,18 @@ fn bound_heap() {
     }
 }
 
+/// Lowers the calling thread's CPU priority (nice 10): when the cores are busy, capture,
+/// signing and the spool go first and uploads take what is left; on an idle machine it
+/// changes nothing.
+fn yield_to_capture() {
+    // SAFETY: setpriority has no memory effects; on Linux, PRIO_PROCESS with id 0 is the
+    // calling thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "uploads keep the normal CPU priority");
+    }
+}
+
 fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
     bound_heap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,6 +248,7 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
                 std::thread::Builder::new()
                     .name("uploads".into())
                     .spawn_scoped(scope, || {
+                        yield_to_capture();
                         edge_agent::outbox::run(uploads, metrics.clone(), &stop, &writer_done)
                     })
             })

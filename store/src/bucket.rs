@@ -74,6 +74,29 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Whether the connection to `endpoint` protects a body without SigV4's payload hash:
+/// HTTPS (AWS's default endpoint included), or plain HTTP to a loopback address.
+fn integrity_without_signature(endpoint: Option<&str>) -> bool {
+    let Some(endpoint) = endpoint else {
+        return true;
+    };
+    if endpoint.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl S3Bucket {
     /// The bucket `bucket` as `settings` reach it.
     pub fn open(
@@ -92,6 +115,10 @@ impl S3Bucket {
             .with_region(settings.region.as_deref().unwrap_or("us-east-1"))
             .with_access_key_id(&credentials.access_key_id)
             .with_secret_access_key(credentials.secret())
+            // The body's SHA-256 in the signature only where nothing else protects it:
+            // TLS does, and loopback has no one in between (it costs a hash of every byte
+            // on both sides).
+            .with_unsigned_payload(integrity_without_signature(settings.endpoint.as_deref()))
             .with_retry(RetryConfig {
                 max_retries: patience.retries,
                 retry_timeout: patience.timeout,
@@ -321,3 +348,21 @@ impl S3Bucket {
             .map_err(s3_error("presign", key))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::integrity_without_signature as unsigned;
+
+    #[test]
+    fn the_payload_is_signed_unless_tls_or_loopback_protects_it() {
+        assert!(unsigned(None));
+        assert!(unsigned(Some("https://s3.example.com")));
+        assert!(unsigned(Some("http://127.0.0.1:3900")));
+        assert!(unsigned(Some("http://[::1]:3900/")));
+        assert!(unsigned(Some("http://localhost:3900")));
+        assert!(!unsigned(Some("http://10.0.0.5:3900")));
+        assert!(!unsigned(Some("http://minio.lan:9000")));
+        assert!(!unsigned(Some("http://127.0.0.1.evil.example:80")));
+    }
+}
+

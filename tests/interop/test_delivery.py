@@ -483,3 +483,24 @@ def test_distribute_http_over_tls_streams_from_an_s3_chain(s3, keys, source, tmp
         endpoint.close()
         seller.kill()
         seller.wait()
+
+
+def test_large_objects_go_up_in_parts(s3, keys, tmp_path):
+    """Chunks and an order's ZIP above 8 MiB take the multipart path; what lands is what was
+    written, and the reference consumes the delivered order."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))
+    ours("-q", *publish_args(keys, big, tmp_path / "pub", 12 * 1024 * 1024), "--s3", f"s3://{BUCKET}/big/run",
+         env=s3.env())
+    objects = s3.objects(BUCKET, "big/run/")
+    assert objects["big/run/chunk-0.bin"] == (tmp_path / "pub" / "chunk-0.bin").read_bytes()
+    assert len(objects["big/run/chunk-0.bin"]) > 12 * 1024 * 1024
+    endpoint = Confirmations([(200, confirmed(keys))])
+    try:
+        result = json.loads(ours("-q", *distribute_args(keys, f"s3://{BUCKET}/big/run", endpoint, "--delivery", "s3",
+                                                        "--s3", f"s3://{ORDERS}/big", "--json"), env=s3.env()).stdout)
+    finally:
+        endpoint.close()
+    assert result["delivery"]["bytes"] > 20 * 1024 * 1024
+    assert buyer_consumes(ref, keys, result["delivery"]["download_url"], tmp_path, "ref").read_bytes() == \
+        big.read_bytes()
