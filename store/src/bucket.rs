@@ -365,4 +365,3 @@ mod tests {
         assert!(!unsigned(Some("http://127.0.0.1.evil.example:80")));
     }
 }
-
