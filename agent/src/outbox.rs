@@ -47,8 +47,11 @@ const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// Backoff between failed attempts, per output.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A backlog that has not moved for this long makes `/health` say degraded.
+/// Uploads failing this long with a backlog make `/health` say degraded.
 const STALLED_AFTER: Duration = Duration::from_secs(10);
+/// A backlog of more than one chunk that has not shrunk for this long (uploads that
+/// succeed but fall behind what capture makes) makes `/health` say degraded too.
+const GROWING_AFTER: Duration = Duration::from_secs(30);
 
 struct Target {
     name: String,
@@ -66,6 +69,8 @@ struct Target {
     retry_at: Instant,
     /// Since when uploads fail (with a backlog), if they do.
     failing_since: Option<Instant>,
+    /// Since when the backlog (more than one chunk) has not shrunk, and its size then.
+    growing_since: Option<(Instant, u64)>,
     last_error: Option<String>,
 }
 
@@ -149,6 +154,7 @@ pub fn open(config: &AgentConfig, spools: &[TopicSpool]) -> Result<Vec<TopicUplo
                 backoff: BACKOFF_MIN,
                 retry_at: Instant::now(),
                 failing_since: None,
+                growing_since: None,
                 last_error: None,
             });
         }
@@ -235,6 +241,7 @@ pub fn run(
                 if backlog == 0 {
                     target.failing_since = None;
                 }
+                target.growing_since = growing(target.growing_since, backlog, Instant::now());
             }
             if progressed {
                 retain(topic, committed);
@@ -253,6 +260,17 @@ pub fn run(
         if !progressed {
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// The backlog's "not shrinking since" mark after a look at `backlog`: cleared at one
+/// chunk or less, moved whenever the backlog shrinks below where the mark was set.
+fn growing(mark: Option<(Instant, u64)>, backlog: u64, now: Instant) -> Option<(Instant, u64)> {
+    match mark {
+        _ if backlog <= 1 => None,
+        Some((_, then)) if backlog < then => Some((now, backlog)),
+        None => Some((now, backlog)),
+        kept => kept,
     }
 }
 
@@ -278,21 +296,28 @@ fn caught_up(topics: &[TopicUploads]) -> bool {
     })
 }
 
-/// Why `/health` says degraded, if it does: a backlog that does not move.
+/// Why `/health` says degraded, if it does: uploads that fail with a backlog, or a
+/// backlog that keeps growing.
 fn behind(topics: &[TopicUploads]) -> Option<String> {
     topics.iter().find_map(|t| {
         t.targets.iter().find_map(|x| {
-            let since = x.failing_since?;
-            (since.elapsed() >= STALLED_AFTER).then(|| {
-                format!(
-                    "degraded: uploads of {} to {} are {} chunks behind and failing for {} s ({})",
+            let backlog = t.committed.load(Ordering::Acquire).saturating_sub(x.next);
+            if let Some(since) = x.failing_since.filter(|s| s.elapsed() >= STALLED_AFTER) {
+                return Some(format!(
+                    "degraded: uploads of {} to {} are {backlog} chunks behind and failing for {} s ({})",
                     t.topic,
                     x.path,
-                    t.committed.load(Ordering::Acquire).saturating_sub(x.next),
                     since.elapsed().as_secs(),
                     x.last_error.as_deref().unwrap_or("")
-                )
-            })
+                ));
+            }
+            let (since, _) = x.growing_since.filter(|(s, _)| s.elapsed() >= GROWING_AFTER)?;
+            Some(format!(
+                "degraded: uploads of {} to {} are {backlog} chunks behind, not catching up for {} s",
+                t.topic,
+                x.path,
+                since.elapsed().as_secs()
+            ))
         })
     })
 }
@@ -436,5 +461,31 @@ fn retain(topic: &mut TopicUploads, committed: u64) {
         total = total.saturating_sub(size);
         topic.dropped_below = index + 1;
         tracing::debug!(topic = %topic.topic, index, "local copy dropped (uploaded everywhere)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_is_growing_until_it_shrinks_or_empties() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            growing(None, 1, t0),
+            None,
+            "one chunk in flight is no backlog"
+        );
+        let mark = growing(None, 3, t0);
+        assert_eq!(mark, Some((t0, 3)));
+        assert_eq!(growing(mark, 5, t1), mark, "growing: the mark stays");
+        assert_eq!(growing(mark, 3, t1), mark, "not shrinking: the mark stays");
+        assert_eq!(
+            growing(mark, 2, t1),
+            Some((t1, 2)),
+            "shrinking: the mark moves"
+        );
+        assert_eq!(growing(mark, 0, t1), None);
     }
 }
