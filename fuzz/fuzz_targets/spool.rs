@@ -24,5 +24,5 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    let _ = edge_agent::spool::TopicSpool::open(&spool, &out, DID, 1024);
+    let _ = edge_agent::spool::TopicSpool::open(&spool, &out, DID, 1024, None);
 });
