@@ -81,7 +81,9 @@ _agent_copy: list[str] = []
 def agent_binary() -> str:
     """The agent, copied where its unprivileged user can surely execute it (the build may
     live in root's home)."""
-    if not _agent_copy:
+    if not _agent_copy or not Path(_agent_copy[0]).exists():
+        # (again when a module's directories were removed at its end: other modules use it)
+        _agent_copy.clear()
         d = private_dir("eab")
         subprocess.run(["install", "-m", "0755", AGENT, str(d / "edge-agent")], check=True)
         _agent_copy.append(str(d / "edge-agent"))
