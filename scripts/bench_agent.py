@@ -185,12 +185,24 @@ def inside(args) -> None:
     print(json.dumps({"results": results, "reference_rate": ref}))
 
 
-def report(data: dict, command: str) -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
     try:
-        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
     except StopIteration:
-        model = cpu
+        return platform.processor() or platform.machine()
+
+
+def message_label(kind: str) -> str:
+    return {"string": "String, 100 B", "imu": "Imu", "pointcloud2": "PointCloud2, 1 MiB"}[kind]
+
+
+def rate_text(r: dict) -> str:
+    """Accepted messages/s of a run, with MB/s for the large samples."""
+    return f"{r['rate']:,.0f}" + (f" ({r['mb_per_s']:.0f} MB/s)" if r["kind"] == "pointcloud2" else "")
+
+
+def report(data: dict, command: str) -> str:
+    model = cpu_model()
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {model} ({os.cpu_count()} cores); `{command}`.",
         "One topic, keyd software backend, publisher, agent and keyd on the same 2 cores; "
@@ -201,8 +213,7 @@ def report(data: dict, command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
-        what = {"string": "String, 100 B", "imu": "Imu", "pointcloud2": "PointCloud2, 1 MiB"}[r["kind"]]
-        rate = f"{r['rate']:,.0f}" + (f" ({r['mb_per_s']:.0f} MB/s)" if r["kind"] == "pointcloud2" else "")
+        what, rate = message_label(r["kind"]), rate_text(r)
         published = f"{r['published_rate']:,.0f}/s" if r["published_rate"] else "?"
         target = f"{r['target_rate']:,}" if r["target_rate"] else "max"
         lines.append(f"| {r['publisher']} | {what} | {target} | {r['count']:,} at {published} | {rate} | "

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench import median_run, publish_cmd, write_block  # noqa: E402
-from bench_agent import PYTHON, TARGET, cpu_seconds, scenario  # noqa: E402
+from bench_agent import PYTHON, TARGET, cpu_model, cpu_seconds, message_label, rate_text, scenario  # noqa: E402
 from s3server import REGION, Garage  # noqa: E402
 
 OURS = os.environ["PEAQOS_BIN"]
@@ -116,11 +116,7 @@ def inside(args) -> None:
 
 
 def report(d: dict, command: str) -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except StopIteration:
-        model = "?"
+    model = cpu_model()
     mib = d["size_mib"] * 1024 * 1024 / 1e6
     overhead = d["s3_s"] / d["local_s"] - 1
     lines = [
@@ -139,8 +135,7 @@ def report(d: dict, command: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in d["agent"]:
-        what = {"string": "String, 100 B", "imu": "Imu", "pointcloud2": "PointCloud2, 1 MiB"}[r["kind"]]
-        rate = f"{r['rate']:,.0f}" + (f" ({r['mb_per_s']:.0f} MB/s)" if r["kind"] == "pointcloud2" else "")
+        what, rate = message_label(r["kind"]), rate_text(r)
         lag = "" if r["output"] == "local" else ("not in 120 s" if r["upload_lag_s"] is None
                                                  else f"{r['upload_lag_s']:.1f} s")
         lines.append(f"| {what} at {r['target_rate']:,}/s | {r['output']} | {rate} | {r['lost']:,} | "
