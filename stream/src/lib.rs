@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod chain;
+pub mod dataset;
 pub mod fsio;
 pub mod hexenc;
 pub mod json;

@@ -228,16 +228,74 @@ pub fn verify_chain(
     options: &VerifyOptions<'_>,
     mut plaintext: impl FnMut(u64, &[u8]),
 ) -> Result<ChainReport, ChainFailure> {
-    if chunks.is_empty() {
-        return Err(ChainFailure::Empty);
+    let mut check = ChainCheck::new(options, 0);
+    for chunk in chunks {
+        if let Some(opened) = check.chunk(chunk, &mut ciphertext)? {
+            plaintext(chunk.index, &opened);
+        }
     }
-    let recipient_public = options.recipient.map(BoxKey::public_key);
-    let mut source = Sha256::new();
-    let mut plaintext_bytes = 0u64;
-    let mut expected_previous: Option<&str> = None;
-    let mut first_key: Option<[u8; 32]> = None;
-    for (position, chunk) in chunks.iter().enumerate() {
-        let index = position as u64;
+    check.finish()
+}
+
+/// The checks of [`verify_chain`], one chunk at a time, for a chain or a contiguous part of
+/// one (a dataset's range): feed the chunks in order to [`ChainCheck::chunk`] (or
+/// [`ChainCheck::envelope`], which reads no ciphertext), then call [`ChainCheck::finish`].
+pub struct ChainCheck<'a> {
+    options: &'a VerifyOptions<'a>,
+    recipient_public: Option<[u8; 32]>,
+    start: u64,
+    next: u64,
+    previous: Option<String>,
+    first_key: Option<([u8; 32], String)>,
+    source: Sha256,
+    plaintext_bytes: u64,
+}
+
+impl<'a> ChainCheck<'a> {
+    /// Checks chunks from index `start` on. From 0, the first chunk must have a null
+    /// `previousChunkId`; from anywhere else, one that is not null (the chunk before it is
+    /// not checked).
+    pub fn new(options: &'a VerifyOptions<'a>, start: u64) -> Self {
+        ChainCheck {
+            options,
+            recipient_public: options.recipient.map(BoxKey::public_key),
+            start,
+            next: start,
+            previous: None,
+            first_key: None,
+            source: Sha256::new(),
+            plaintext_bytes: 0,
+        }
+    }
+
+    /// Checks the next chunk with its ciphertext (read through `ciphertext(index)`); with a
+    /// recipient, decrypts it and returns the plaintext.
+    pub fn chunk(
+        &mut self,
+        chunk: &ChunkEnvelope,
+        ciphertext: &mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, String>,
+    ) -> Result<Option<Vec<u8>>, ChainFailure> {
+        self.step(chunk, Some(ciphertext))
+    }
+
+    /// Checks the next chunk's envelope alone: linkage, `chunkId`, signature and signer,
+    /// but not its ciphertext.
+    pub fn envelope(&mut self, chunk: &ChunkEnvelope) -> Result<(), ChainFailure> {
+        self.step(chunk, None).map(|_| ())
+    }
+
+    /// The number of chunks checked so far.
+    pub fn checked(&self) -> u64 {
+        self.next - self.start
+    }
+
+    fn step(
+        &mut self,
+        chunk: &ChunkEnvelope,
+        ciphertext: Option<&mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, String>>,
+    ) -> Result<Option<Vec<u8>>, ChainFailure> {
+        let options = self.options;
+        let index = self.next;
         if chunk.index != index {
             return Err(ChainFailure::IndexNotSequential {
                 index,
@@ -248,16 +306,25 @@ pub fn verify_chain(
             if chunk.previous_chunk_id.is_some() {
                 return Err(ChainFailure::FirstHasPrevious);
             }
-        } else if chunk.previous_chunk_id.as_deref() != expected_previous {
+        } else if index == self.start {
+            if chunk.previous_chunk_id.is_none() {
+                return Err(ChainFailure::PreviousMismatch { index });
+            }
+        } else if chunk.previous_chunk_id != self.previous {
             return Err(ChainFailure::PreviousMismatch { index });
         }
-        let data = ciphertext(index)
-            .map_err(|reason| ChainFailure::Read { index, reason })?
-            .ok_or(ChainFailure::MissingCiphertext { index })?;
-        let actual_hash = hexenc::digest_0x(&Sha256::digest(&data));
-        if chunk.encrypted_data_hash != actual_hash {
-            return Err(ChainFailure::HashMismatch { index });
-        }
+        let data = match ciphertext {
+            Some(read) => {
+                let data = read(index)
+                    .map_err(|reason| ChainFailure::Read { index, reason })?
+                    .ok_or(ChainFailure::MissingCiphertext { index })?;
+                if chunk.encrypted_data_hash != hexenc::digest_0x(&Sha256::digest(&data)) {
+                    return Err(ChainFailure::HashMismatch { index });
+                }
+                Some(data)
+            }
+            None => None,
+        };
         if chunk.chunk_id
             != hexenc::chunk_id(
                 chunk.previous_chunk_id.as_deref(),
@@ -273,7 +340,7 @@ pub fn verify_chain(
         }
         let public_key = hexenc::decode_array::<32>("publicKeyHex", &signature.public_key_hex)
             .map_err(|_| ChainFailure::SignatureInvalid { index })?;
-        if !ed25519_verifies(&public_key, &signature.value, &actual_hash) {
+        if !ed25519_verifies(&public_key, &signature.value, &chunk.encrypted_data_hash) {
             return Err(ChainFailure::SignatureInvalid { index });
         }
         // Beyond the reference.
@@ -297,55 +364,72 @@ pub fn verify_chain(
             }
         }
         // One signer for the chain: the same key, however its hex is spelled.
-        if index == 0 {
-            first_key = Some(public_key);
-        } else if first_key != Some(public_key) {
-            return Err(ChainFailure::SignerChanged {
-                index,
-                found: signature.public_key_hex.clone(),
-                first: chunks[0].signature.public_key_hex.clone(),
-            });
+        match &self.first_key {
+            None => self.first_key = Some((public_key, signature.public_key_hex.clone())),
+            Some((first, first_hex)) if *first != public_key => {
+                return Err(ChainFailure::SignerChanged {
+                    index,
+                    found: signature.public_key_hex.clone(),
+                    first: first_hex.clone(),
+                })
+            }
+            Some(_) => {}
         }
-        if let (Some(key), Some(public)) = (options.recipient, recipient_public.as_ref()) {
+        let mut opened = None;
+        if let (Some(key), Some(public), Some(data)) = (
+            options.recipient,
+            self.recipient_public.as_ref(),
+            data.as_deref(),
+        ) {
             let entry =
                 decrypt::recipient_for(chunk, public).ok_or(ChainFailure::NoRecipient { index })?;
-            let opened = decrypt::decrypt_chunk(chunk, entry, key, &data)
+            let plaintext = decrypt::decrypt_chunk(chunk, entry, key, data)
                 .map_err(|source| ChainFailure::Decrypt { index, source })?;
-            source.update(&opened);
-            plaintext_bytes += opened.len() as u64;
-            plaintext(index, &opened);
+            self.source.update(&plaintext);
+            self.plaintext_bytes += plaintext.len() as u64;
+            opened = Some(plaintext);
         }
-        expected_previous = Some(&chunk.chunk_id);
+        self.previous = Some(chunk.chunk_id.clone());
+        self.next += 1;
+        Ok(opened)
     }
-    let total = chunks.len() as u64;
-    if let Some(expected) = options.expect_total_chunks {
-        if expected != total {
-            return Err(ChainFailure::TotalChunks {
-                index: expected.min(total),
-                expected,
-                found: total,
-            });
+
+    /// The end: the chunk count against the manifest's, and with a recipient the
+    /// `sourceHash` (meaningful for a whole chain, from index 0).
+    pub fn finish(self) -> Result<ChainReport, ChainFailure> {
+        let total = self.checked();
+        if total == 0 {
+            return Err(ChainFailure::Empty);
         }
-    }
-    let mut report = ChainReport {
-        total_chunks: total,
-        source_hash: None,
-        plaintext_bytes: None,
-    };
-    if options.recipient.is_some() {
-        let found = hexenc::digest_0x(&source.finalize());
-        if let Some(expected) = options.expect_source_hash {
-            if expected != found {
-                return Err(ChainFailure::SourceHash {
-                    expected: expected.to_string(),
-                    found,
+        if let Some(expected) = self.options.expect_total_chunks {
+            if expected != total {
+                return Err(ChainFailure::TotalChunks {
+                    index: expected.min(total),
+                    expected,
+                    found: total,
                 });
             }
         }
-        report.source_hash = Some(found);
-        report.plaintext_bytes = Some(plaintext_bytes);
+        let mut report = ChainReport {
+            total_chunks: total,
+            source_hash: None,
+            plaintext_bytes: None,
+        };
+        if self.options.recipient.is_some() {
+            let found = hexenc::digest_0x(&self.source.finalize());
+            if let Some(expected) = self.options.expect_source_hash {
+                if expected != found {
+                    return Err(ChainFailure::SourceHash {
+                        expected: expected.to_string(),
+                        found,
+                    });
+                }
+            }
+            report.source_hash = Some(found);
+            report.plaintext_bytes = Some(self.plaintext_bytes);
+        }
+        Ok(report)
     }
-    Ok(report)
 }
 
 fn ed25519_verifies(public_key: &[u8; 32], signature_hex: &str, message: &str) -> bool {
