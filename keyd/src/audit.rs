@@ -39,9 +39,27 @@ pub struct Record<'a> {
     pub batch: usize,
     pub result: &'a str,
     pub latency_us: u64,
-    /// Grants: who the keys were sealed to, and for which chunks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grant: Option<GrantRecord<'a>>,
+    /// Grants: who the keys were sealed to, and for which chunks; dataset signatures: what
+    /// the dataset lists.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Detail<'a>>,
+}
+
+/// What an operation gave away, recorded with it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detail<'a> {
+    Grant(GrantRecord<'a>),
+    Dataset(DatasetRecord<'a>),
+}
+
+/// What a signed dataset lists: the topic, the chunk range and the root.
+#[derive(Debug, Serialize)]
+pub struct DatasetRecord<'a> {
+    pub topic: &'a str,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub merkle_root: &'a str,
 }
 
 /// What a grant gave away: the buyer's id and key, and the chunk ids.
@@ -508,7 +526,7 @@ mod tests {
             batch: 3,
             result: "ok",
             latency_us: 10,
-            grant: None,
+            detail: None,
         }
         .to_json()
     }

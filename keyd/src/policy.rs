@@ -17,17 +17,19 @@ pub enum Operation {
     NewChunkKeys,
     Grant,
     EncryptFields,
+    SignDataset,
 }
 
 impl Operation {
     /// Every operation, in the API's order.
-    pub const ALL: [Operation; 6] = [
+    pub const ALL: [Operation; 7] = [
         Operation::Identity,
         Operation::SignPackages,
         Operation::SignChunkHashes,
         Operation::NewChunkKeys,
         Operation::Grant,
         Operation::EncryptFields,
+        Operation::SignDataset,
     ];
 
     /// The operation a gRPC method of `keyd.v1.Keyd` performs (`None` for other services:
@@ -41,6 +43,7 @@ impl Operation {
             "NewChunkKeys" => Operation::NewChunkKeys,
             "Grant" => Operation::Grant,
             "EncryptFields" => Operation::EncryptFields,
+            "SignDataset" => Operation::SignDataset,
             _ => return None,
         })
     }
@@ -53,6 +56,7 @@ impl Operation {
             Operation::NewChunkKeys => "new_chunk_keys",
             Operation::Grant => "grant",
             Operation::EncryptFields => "encrypt_fields",
+            Operation::SignDataset => "sign_dataset",
         }
     }
 }

@@ -225,6 +225,58 @@ fn the_identity_and_chain_keys_refuse_anything_else() {
     );
 }
 
+fn dataset(did: &str, chain_key: &str) -> stream::dataset::DatasetDocument {
+    let id = format!("0x{}", "02".repeat(32));
+    stream::dataset::DatasetDocument {
+        schema_version: stream::dataset::DATASET_SCHEMA_VERSION.into(),
+        machine_did: did.into(),
+        topic: "/imu".into(),
+        first_index: 0,
+        last_index: 0,
+        tree_size: 1,
+        merkle_root: format!("0x{}", "01".repeat(32)),
+        first_chunk_id: id.clone(),
+        last_chunk_id: id,
+        time_range: None,
+        chain_public_key_hex: chain_key.into(),
+        created_at: "2026-12-01T10:00:00Z".into(),
+        title: Some("IMU, one chunk".into()),
+        description: None,
+        terms: None,
+        signature: None,
+    }
+}
+
+#[test]
+fn datasets_of_this_machine_are_signed_and_audited_and_nothing_else() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let did = client.did().to_string();
+    let chain_key = client.identity().chain_public_key_hex.clone();
+    let doc = dataset(&did, &chain_key);
+    let bytes = doc.signing_bytes().unwrap();
+    let signature = DatasetSigner::sign_dataset(&client, &bytes).unwrap();
+    let signed = doc.clone().signed(DatasetSigner::key_id(&client), &signature);
+    signed.verify_signature().unwrap();
+    assert_eq!(
+        signed.signature.as_ref().unwrap().key_id,
+        client.identity().identity_key_id
+    );
+    let audit = std::fs::read_to_string(daemon.path("state/audit.jsonl")).unwrap();
+    let line = audit.lines().find(|l| l.contains("sign_dataset")).unwrap();
+    assert!(line.contains("\"merkle_root\":\"0x0101"), "{line}");
+    assert!(line.contains("\"topic\":\"/imu\""), "{line}");
+
+    let foreign = dataset("did:peaq:0x00000000000000000000000000000000000000aa", &chain_key);
+    refused(client.sign_dataset(&foreign.signing_bytes().unwrap()), "machineDid");
+    let other_chain = dataset(&did, &"ab".repeat(32));
+    refused(client.sign_dataset(&other_chain.signing_bytes().unwrap()), "chain key");
+    refused(client.sign_dataset(&signed.to_file_text().unwrap().into_bytes()), "canonical");
+    // A package envelope is not a dataset, and a dataset is not a package envelope.
+    refused(client.sign_dataset(&envelope(&did, 1)), "document");
+    refused(client.sign_envelopes(&[&bytes]), "exactly the keys");
+}
+
 #[test]
 fn sequence_numbers_never_repeat_across_kill_9() {
     let mut daemon = Daemon::start();
@@ -285,8 +337,9 @@ fn callers_outside_the_policy_are_denied_and_audited() {
     denied(client.encrypt_fields(&[b"1".as_slice()]).map(|_| ()));
     let buyer = stream::access::BuyerIdentity::new("b", &"11".repeat(32)).unwrap();
     denied(client.grant(&[], &buyer).map(|_| ()));
+    denied(client.sign_dataset(b"{}").map(|_| ()));
     let audit = std::fs::read_to_string(daemon.path("state/audit.jsonl")).unwrap();
-    assert_eq!(audit.matches("\"result\":\"denied\"").count(), 5, "{audit}");
+    assert_eq!(audit.matches("\"result\":\"denied\"").count(), 6, "{audit}");
 }
 
 #[test]

@@ -258,6 +258,19 @@ impl ChunkKeySource for KeydClient {
     }
 }
 
+impl DatasetSigner for KeydClient {
+    fn key_id(&self) -> &str {
+        &self.identity.identity_key_id
+    }
+    fn sign_dataset(&self, document: &[u8]) -> Result<[u8; 65], SignerError> {
+        let request = v1::SignDatasetRequest {
+            document: document.to_vec(),
+        };
+        let response = self.call(request, |mut raw, r| async move { raw.sign_dataset(r).await })?;
+        fixed::<65>(response.signature, "dataset signature")
+    }
+}
+
 impl ChunkKeyGranter for KeydClient {
     fn grant(
         &self,

@@ -16,18 +16,23 @@ use crate::provider::{FieldCipher, KeyAgreement, OsRandom, ProviderError, Random
 use crate::sealed;
 use crate::signer::*;
 
-/// Signs package envelopes with an identity key held in memory.
+/// Signs package envelopes (and dataset documents) with an identity key held in memory.
 #[derive(Debug)]
 pub struct LocalPackageSigner {
     key: IdentityKey,
     did: String,
+    key_id: String,
 }
 
 impl LocalPackageSigner {
     /// Signs as the key's own DID (its address in lowercase hex).
     pub fn new(key: IdentityKey) -> Self {
         let did = key.did();
-        LocalPackageSigner { key, did }
+        LocalPackageSigner {
+            key,
+            key_id: format!("{did}#keys-1"),
+            did,
+        }
     }
 
     /// Signs as `did`, which must name this key's address (hex digits of either case).
@@ -36,6 +41,7 @@ impl LocalPackageSigner {
             Some(address) if address == key.address() => Ok(LocalPackageSigner {
                 key,
                 did: did.to_string(),
+                key_id: format!("{did}#keys-1"),
             }),
             Some(_) => Err(SignerError::Refused(format!(
                 "{did} is not the DID of the identity key ({})",
@@ -45,6 +51,23 @@ impl LocalPackageSigner {
                 "{did:?} is not did:peaq:0x followed by 40 hex digits"
             ))),
         }
+    }
+}
+
+impl LocalPackageSigner {
+    /// Writes `key_id` as the dataset signature's `keyId` (default `{did}#keys-1`).
+    pub fn with_key_id(mut self, key_id: &str) -> Self {
+        self.key_id = key_id.to_string();
+        self
+    }
+}
+
+impl DatasetSigner for LocalPackageSigner {
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+    fn sign_dataset(&self, document: &[u8]) -> Result<[u8; 65], SignerError> {
+        Ok(package::sign_eip191(self.key.signing_key(), document))
     }
 }
 

@@ -53,6 +53,16 @@ pub trait PackageSigner: Send + Sync {
     fn sign_envelopes(&self, envelopes: &[&[u8]]) -> Result<Vec<[u8; 65]>, SignerError>;
 }
 
+/// Signs dataset documents (`peaq.stream.dataset.v1`) with the machine identity (EIP-191);
+/// a document must carry the signer's [`PackageSigner::did`] as `machineDid`.
+pub trait DatasetSigner: PackageSigner {
+    /// The identity key's id, written as `signature.keyId`.
+    fn key_id(&self) -> &str;
+    /// One 65-byte signature (r ‖ s ‖ v, v = 27/28) over the canonical JSON of the document
+    /// without its `signature`.
+    fn sign_dataset(&self, document: &[u8]) -> Result<[u8; 65], SignerError>;
+}
+
 /// The identity written into every chunk signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkSignerIdentity {

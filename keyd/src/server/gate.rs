@@ -25,6 +25,8 @@ pub struct BodyLimits {
     pub hashes: usize,
     /// Identity and chunk keys: a few bytes.
     pub small: usize,
+    /// One dataset document: its fields, a title, a description and terms.
+    pub document: usize,
 }
 
 impl BodyLimits {
@@ -33,6 +35,7 @@ impl BodyLimits {
             large: max_request_bytes,
             hashes: max_batch.saturating_mul(192).saturating_add(4096),
             small: 1024,
+            document: 64 * 1024,
         }
     }
 
@@ -40,6 +43,7 @@ impl BodyLimits {
         match op {
             Operation::Identity | Operation::NewChunkKeys => self.small,
             Operation::SignChunkHashes => self.hashes,
+            Operation::SignDataset => self.document,
             Operation::SignPackages | Operation::EncryptFields | Operation::Grant => self.large,
         }
     }

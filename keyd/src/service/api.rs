@@ -153,6 +153,20 @@ impl Keyd for KeydApi {
         .await
     }
 
+    async fn sign_dataset(
+        &self,
+        request: Request<v1::SignDatasetRequest>,
+    ) -> Result<Response<v1::SignDatasetResponse>, Status> {
+        call(
+            &self.0,
+            request,
+            |_| 1,
+            |s, c, r| s.sign_dataset(c, &r.document),
+            |(signature, key_id)| v1::SignDatasetResponse { signature, key_id },
+        )
+        .await
+    }
+
     async fn encrypt_fields(
         &self,
         request: Request<v1::EncryptFieldsRequest>,

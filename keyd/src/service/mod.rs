@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use stream::local::{LocalChunkKeys, RecipientSpec};
 use stream::package;
 
-use crate::audit::{AuditLog, GrantRecord, Record};
+use crate::audit::{AuditLog, Detail, Record};
 use crate::backend::provider::Provider;
 use crate::backend::Backend;
 use crate::error::RequestError;
@@ -178,7 +178,7 @@ impl KeydService {
         batch: usize,
         result: &str,
         started: Instant,
-        grant: Option<GrantRecord<'_>>,
+        detail: Option<Detail<'_>>,
     ) -> Result<(), RequestError> {
         let cert = caller.cert.map(hex::encode);
         let line = Record {
@@ -192,7 +192,7 @@ impl KeydService {
             batch,
             result,
             latency_us: started.elapsed().as_micros() as u64,
-            grant,
+            detail,
         }
         .to_json();
         let written = {
@@ -251,11 +251,11 @@ impl KeydService {
             Ok(_) => "ok".to_string(),
             Err(e) => e.audit_result(),
         };
-        let grant = match &result {
+        let detail = match &result {
             Ok((_, Some(g))) => Some(g.record()),
             _ => None,
         };
-        self.audit(caller, op, batch, &outcome, started, grant)?;
+        self.audit(caller, op, batch, &outcome, started, detail)?;
         result.map(|(value, _)| value)
     }
 }

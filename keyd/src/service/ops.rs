@@ -8,7 +8,7 @@ use stream::signer::ChunkKeySource;
 use super::parallel::parallel_map;
 use super::purpose;
 use super::{lock, Caller, KeydService};
-use crate::audit::GrantRecord;
+use crate::audit::{DatasetRecord, Detail, GrantRecord};
 use crate::error::RequestError;
 use crate::ledger::Pair;
 use crate::policy::Operation;
@@ -17,26 +17,42 @@ use crate::policy::Operation;
 pub fn key_of(op: Operation) -> &'static str {
     match op {
         Operation::Identity => "-",
-        Operation::SignPackages => "identity",
+        Operation::SignPackages | Operation::SignDataset => "identity",
         Operation::SignChunkHashes => "chain",
         Operation::NewChunkKeys | Operation::Grant => "machine-box",
         Operation::EncryptFields => "fields",
     }
 }
 
-/// What a grant gave away, for its audit record.
-pub struct Granted {
-    buyer_id: String,
-    buyer_public_key_hex: String,
-    chunk_ids: Vec<String>,
+/// What an operation gave away, for its audit record: a grant's buyer and chunks, or the
+/// dataset a signature lists.
+pub enum Granted {
+    Grant {
+        buyer_id: String,
+        buyer_public_key_hex: String,
+        chunk_ids: Vec<String>,
+    },
+    Dataset(purpose::ListedDataset),
 }
 
 impl Granted {
-    pub fn record(&self) -> GrantRecord<'_> {
-        GrantRecord {
-            buyer_id: &self.buyer_id,
-            buyer_public_key_hex: &self.buyer_public_key_hex,
-            chunk_ids: self.chunk_ids.iter().map(String::as_str).collect(),
+    pub fn record(&self) -> Detail<'_> {
+        match self {
+            Granted::Grant {
+                buyer_id,
+                buyer_public_key_hex,
+                chunk_ids,
+            } => Detail::Grant(GrantRecord {
+                buyer_id,
+                buyer_public_key_hex,
+                chunk_ids: chunk_ids.iter().map(String::as_str).collect(),
+            }),
+            Granted::Dataset(d) => Detail::Dataset(DatasetRecord {
+                topic: &d.topic,
+                first_index: d.first_index,
+                last_index: d.last_index,
+                merkle_root: &d.merkle_root,
+            }),
         }
     }
 }
@@ -221,12 +237,34 @@ impl KeydService {
                     })
                 })
                 .collect::<Result<Vec<_>, RequestError>>()?;
-            let granted = Granted {
+            let granted = Granted::Grant {
                 buyer_id: buyer.recipient_id.clone(),
                 buyer_public_key_hex: buyer.public_key_hex.clone(),
                 chunk_ids: chunks.iter().map(|c| c.chunk_id.clone()).collect(),
             };
             Ok((entries, Some(granted)))
+        })
+    }
+
+    /// EIP-191 over one canonical dataset document of this machine's chain (its DID and
+    /// chain key, a well-formed root and range), audited with what it lists.
+    pub fn sign_dataset(
+        &self,
+        caller: &Caller,
+        document: &[u8],
+    ) -> Result<(Vec<u8>, String), RequestError> {
+        self.handle(caller, Operation::SignDataset, 1, || {
+            let chain_key = hex::encode(self.backend.chain_public());
+            let listed = purpose::check_dataset(document, &self.did, &chain_key)
+                .map_err(|reason| RequestError::Invalid(format!("document: {reason}")))?;
+            let signature = self
+                .backend
+                .sign_secp256k1_prehash(&stream::package::eip191_hash(document))?
+                .to_vec();
+            Ok((
+                (signature, self.identity_key_id.clone()),
+                Some(Granted::Dataset(listed)),
+            ))
         })
     }
 

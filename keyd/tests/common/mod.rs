@@ -262,7 +262,7 @@ impl Daemon {
     }
 
     pub fn allow_all() -> String {
-        format!("[[allow]]\nuids = [{}]\noperations = [\"identity\", \"sign_packages\", \"sign_chunk_hashes\", \"new_chunk_keys\", \"grant\", \"encrypt_fields\"]\n", uid())
+        format!("[[allow]]\nuids = [{}]\noperations = [\"identity\", \"sign_packages\", \"sign_chunk_hashes\", \"new_chunk_keys\", \"grant\", \"encrypt_fields\", \"sign_dataset\"]\n", uid())
     }
 
     pub fn spawn(&mut self) {
