@@ -24,9 +24,225 @@ pub enum Command {
     /// Data streams: chunk chains, buyer access, signed packages.
     #[command(subcommand)]
     Stream(StreamCommand),
+    /// Datasets: Merkle roots over chain ranges, signed listings, proofs and samples.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
     /// Development keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum DatasetCommand {
+    /// Build and sign a dataset over a range of a published chain.
+    Build(DatasetBuildArgs),
+    /// Verify a dataset: its signature, its chunks and root, and (with access) every package.
+    Verify(DatasetVerifyArgs),
+    /// Write the inclusion proof of one chunk of a dataset.
+    Prove(DatasetProveArgs),
+    /// Verify an inclusion proof against a dataset and a chunk envelope.
+    VerifyProof(DatasetVerifyProofArgs),
+    /// Write the consistency proof between a dataset and a later, longer one of the chain.
+    Consistency(DatasetConsistencyArgs),
+    /// Verify a consistency proof between two datasets.
+    VerifyConsistency(DatasetVerifyConsistencyArgs),
+    /// Give a buyer one chunk of a dataset to inspect before paying: the chunk, its data,
+    /// access to it alone, and its inclusion proof.
+    Sample(DatasetSampleArgs),
+    /// Verify and decrypt a sample.
+    VerifySample(DatasetVerifySampleArgs),
+}
+
+#[derive(Args)]
+pub struct DatasetBuildArgs {
+    /// The published chain's directory (chunk-*.json; index.jsonl when the agent wrote it).
+    #[arg(long)]
+    pub chunk_dir: PathBuf,
+    /// The topic the dataset is of (or a name for a chain of a file).
+    #[arg(long)]
+    pub topic: String,
+    /// First chunk index (default 0).
+    #[arg(long, conflicts_with_all = ["from_time", "to_time"])]
+    pub from_index: Option<u64>,
+    /// Last chunk index (default: the chain's last).
+    #[arg(long, conflicts_with_all = ["from_time", "to_time"])]
+    pub to_index: Option<u64>,
+    /// The chunks whose packages all lie at or after this time (RFC 3339).
+    #[arg(long, requires = "to_time")]
+    pub from_time: Option<String>,
+    /// ... and at or before this time (RFC 3339).
+    #[arg(long, requires = "from_time")]
+    pub to_time: Option<String>,
+    /// A recipient's X25519 private key (hex): read the packages' times by decrypting
+    /// (else from index.jsonl).
+    #[arg(long)]
+    pub recipient_key_file: Option<PathBuf>,
+    /// Sign through keyd at this socket, with the machine's identity key.
+    #[arg(long, value_name = "SOCKET")]
+    pub keyd: Option<PathBuf>,
+    /// File holding the secp256k1 identity key (hex). Required without --keyd.
+    #[arg(long)]
+    pub signing_key_file: Option<PathBuf>,
+    /// The machine's DID; must be the identity key's. Required without --keyd.
+    #[arg(long)]
+    pub did: Option<String>,
+    /// signature.keyId without --keyd (default {did}#keys-1).
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// A title for the listing.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// A description for the listing.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A JSON file with the seller's terms (an object: price, token, chain…).
+    #[arg(long)]
+    pub terms: Option<PathBuf>,
+    /// Where to write the signed dataset document (atomically).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Print the document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DatasetVerifyArgs {
+    /// The dataset document.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Directory with the chunk-*.json envelopes.
+    #[arg(long)]
+    pub chunk_dir: PathBuf,
+    /// Directory with the chunk-*.bin ciphertexts (default: the chunk directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Check the envelopes only (no ciphertexts: before buying).
+    #[arg(long, conflicts_with_all = ["data_dir", "access_dir"])]
+    pub envelopes_only: bool,
+    /// Directory with buyer access files: decrypt every chunk and check every package.
+    #[arg(long, requires_all = ["buyer_key_file", "buyer_id"])]
+    pub access_dir: Option<PathBuf>,
+    /// File holding the buyer's X25519 private key (hex).
+    #[arg(long)]
+    pub buyer_key_file: Option<PathBuf>,
+    /// Buyer recipient id, as in the access files.
+    #[arg(long)]
+    pub buyer_id: Option<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DatasetProveArgs {
+    /// The dataset document.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Directory with the chunk-*.json envelopes.
+    #[arg(long)]
+    pub chunk_dir: PathBuf,
+    /// The chunk's index in the chain.
+    #[arg(long)]
+    pub index: u64,
+    /// Where to write the proof (default: stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DatasetVerifyProofArgs {
+    /// The dataset document.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// The inclusion proof.
+    #[arg(long)]
+    pub proof: PathBuf,
+    /// The chunk's envelope (chunk-N.json).
+    #[arg(long)]
+    pub chunk: PathBuf,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DatasetConsistencyArgs {
+    /// The older dataset document.
+    #[arg(long)]
+    pub old: PathBuf,
+    /// The newer dataset document (same chain, same first chunk, at least as long).
+    #[arg(long)]
+    pub new: PathBuf,
+    /// Directory with the chunk-*.json envelopes of the newer dataset.
+    #[arg(long)]
+    pub chunk_dir: PathBuf,
+    /// Where to write the proof (default: stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DatasetVerifyConsistencyArgs {
+    /// The older dataset document.
+    #[arg(long)]
+    pub old: PathBuf,
+    /// The newer dataset document.
+    #[arg(long)]
+    pub new: PathBuf,
+    /// The consistency proof.
+    #[arg(long)]
+    pub proof: PathBuf,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DatasetSampleArgs {
+    /// The dataset document.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Directory with the chain (chunk-*.json and chunk-*.bin).
+    #[arg(long)]
+    pub chunk_dir: PathBuf,
+    /// The sample chunk's index in the chain.
+    #[arg(long)]
+    pub index: u64,
+    /// Buyer's X25519 public key (hex).
+    #[arg(long)]
+    pub buyer_public_key: String,
+    /// Buyer recipient id.
+    #[arg(long)]
+    pub buyer_id: String,
+    /// Grant through keyd at this socket, with the machine's box key.
+    #[arg(long, value_name = "SOCKET")]
+    pub keyd: Option<PathBuf>,
+    /// File holding the owner's X25519 private key (hex). Required without --keyd.
+    #[arg(long)]
+    pub owner_private_key_file: Option<PathBuf>,
+    /// Directory for the sample (created): dataset.json, proof.json, chunks/, data/, access/.
+    #[arg(long)]
+    pub output_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct DatasetVerifySampleArgs {
+    /// The sample's directory, as `dataset sample` wrote it.
+    #[arg(long)]
+    pub sample_dir: PathBuf,
+    /// File holding the buyer's X25519 private key (hex).
+    #[arg(long)]
+    pub buyer_key_file: PathBuf,
+    /// Buyer recipient id, as in the access file.
+    #[arg(long)]
+    pub buyer_id: String,
+    /// Where to write the sample's decrypted data (atomically).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

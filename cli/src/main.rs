@@ -1,4 +1,4 @@
-//! `peaqos`: publish, grant, consume, verify and sign peaq Stream data.
+//! `peaqos`: publish, grant, consume, verify and sign peaq Stream data; list datasets.
 //!
 //! Messages go to stderr, machine output (`--json`) to stdout. Exit codes: 0 ok,
 //! 1 a check failed, 2 bad usage or input, or a service unreachable.
@@ -26,6 +26,7 @@ fn main() {
         cli::Command::Stream(cli::StreamCommand::VerifyPackages(a)) => {
             cmd::verify_packages::run(a, &out)
         }
+        cli::Command::Dataset(c) => cmd::dataset::run(c, &out),
         cli::Command::Keys(cli::KeysCommand::Generate(a)) => cmd::keys::run(a, &out),
     };
     if let Err(err) = result {

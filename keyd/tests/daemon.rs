@@ -256,7 +256,9 @@ fn datasets_of_this_machine_are_signed_and_audited_and_nothing_else() {
     let doc = dataset(&did, &chain_key);
     let bytes = doc.signing_bytes().unwrap();
     let signature = DatasetSigner::sign_dataset(&client, &bytes).unwrap();
-    let signed = doc.clone().signed(DatasetSigner::key_id(&client), &signature);
+    let signed = doc
+        .clone()
+        .signed(DatasetSigner::key_id(&client), &signature);
     signed.verify_signature().unwrap();
     assert_eq!(
         signed.signature.as_ref().unwrap().key_id,
@@ -267,11 +269,23 @@ fn datasets_of_this_machine_are_signed_and_audited_and_nothing_else() {
     assert!(line.contains("\"merkle_root\":\"0x0101"), "{line}");
     assert!(line.contains("\"topic\":\"/imu\""), "{line}");
 
-    let foreign = dataset("did:peaq:0x00000000000000000000000000000000000000aa", &chain_key);
-    refused(client.sign_dataset(&foreign.signing_bytes().unwrap()), "machineDid");
+    let foreign = dataset(
+        "did:peaq:0x00000000000000000000000000000000000000aa",
+        &chain_key,
+    );
+    refused(
+        client.sign_dataset(&foreign.signing_bytes().unwrap()),
+        "machineDid",
+    );
     let other_chain = dataset(&did, &"ab".repeat(32));
-    refused(client.sign_dataset(&other_chain.signing_bytes().unwrap()), "chain key");
-    refused(client.sign_dataset(&signed.to_file_text().unwrap().into_bytes()), "canonical");
+    refused(
+        client.sign_dataset(&other_chain.signing_bytes().unwrap()),
+        "chain key",
+    );
+    refused(
+        client.sign_dataset(&signed.to_file_text().unwrap().into_bytes()),
+        "canonical",
+    );
     // A package envelope is not a dataset, and a dataset is not a package envelope.
     refused(client.sign_dataset(&envelope(&did, 1)), "document");
     refused(client.sign_envelopes(&[&bytes]), "exactly the keys");

@@ -266,7 +266,10 @@ impl DatasetSigner for KeydClient {
         let request = v1::SignDatasetRequest {
             document: document.to_vec(),
         };
-        let response = self.call(request, |mut raw, r| async move { raw.sign_dataset(r).await })?;
+        let response = self.call(
+            request,
+            |mut raw, r| async move { raw.sign_dataset(r).await },
+        )?;
         fixed::<65>(response.signature, "dataset signature")
     }
 }

@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod consume;
+pub mod dataset;
 pub mod distribute;
 pub mod grant;
 pub mod keys;

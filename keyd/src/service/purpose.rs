@@ -57,7 +57,11 @@ pub struct ListedDataset {
 /// The identity key's other purpose: the canonical JSON of a `peaq.stream.dataset.v1`
 /// document without its `signature`, well formed (its range, root and hashes), carrying
 /// keyd's own DID as `machineDid` and keyd's chain key as `chainPublicKeyHex`.
-pub fn check_dataset(bytes: &[u8], did: &str, chain_key_hex: &str) -> Result<ListedDataset, String> {
+pub fn check_dataset(
+    bytes: &[u8],
+    did: &str,
+    chain_key_hex: &str,
+) -> Result<ListedDataset, String> {
     let value = json::parse_slice(bytes).map_err(|_| "not JSON".to_string())?;
     if json::canonical_bytes(&value).ok().as_deref() != Some(bytes) {
         return Err("not in canonical form".into());
@@ -150,11 +154,21 @@ mod tests {
         let listed = check_dataset(&doc(DID, &key, 2), DID, &key).unwrap();
         assert_eq!((listed.first_index, listed.last_index), (3, 4));
         let foreign = DID.replace("aa", "ab");
-        assert!(check_dataset(&doc(&foreign, &key, 2), DID, &key).unwrap_err().contains("DID"));
-        assert!(check_dataset(&doc(DID, &"cd".repeat(32), 2), DID, &key).unwrap_err().contains("chain key"));
-        assert!(check_dataset(&doc(DID, &key, 5), DID, &key).unwrap_err().contains("treeSize"));
-        let spaced = String::from_utf8(doc(DID, &key, 2)).unwrap().replace(',', ", ");
-        assert!(check_dataset(spaced.as_bytes(), DID, &key).unwrap_err().contains("canonical"));
+        assert!(check_dataset(&doc(&foreign, &key, 2), DID, &key)
+            .unwrap_err()
+            .contains("DID"));
+        assert!(check_dataset(&doc(DID, &"cd".repeat(32), 2), DID, &key)
+            .unwrap_err()
+            .contains("chain key"));
+        assert!(check_dataset(&doc(DID, &key, 5), DID, &key)
+            .unwrap_err()
+            .contains("treeSize"));
+        let spaced = String::from_utf8(doc(DID, &key, 2))
+            .unwrap()
+            .replace(',', ", ");
+        assert!(check_dataset(spaced.as_bytes(), DID, &key)
+            .unwrap_err()
+            .contains("canonical"));
         // A package envelope, or anything else, is not a dataset.
         let envelope = format!(
             r#"{{"did":"{DID}","payload":{{"a":1}},"schemaVersion":"1","sequenceNumber":7,"timestamp":"t"}}"#
