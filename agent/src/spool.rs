@@ -29,6 +29,7 @@ use std::sync::Arc;
 use store::upload::StorageRefs;
 use store::S3Path;
 use stream::chain::{seal_chunk, BuildError, ChainState, ChainWriter, DirOutput};
+use stream::dataset::index::{span_of_lines, ChunkIndexEntry, PackageSpan, SpanError, INDEX_FILE};
 use stream::layout::{self, Durability};
 use stream::signer::{ChunkHashSigner, ChunkKeySource, SignerError};
 
@@ -130,6 +131,8 @@ pub struct TopicSpool {
     output: StorageRefs<DirOutput>,
     /// Where the chain is uploaded to first (its `storageRef`), if anywhere.
     storage: Option<S3Path>,
+    /// `index.jsonl` beside the chain: each committed chunk's packages in brief.
+    index_file: File,
     /// Chunks committed: what the uploads may take (they read only below it).
     committed: Arc<AtomicU64>,
     did: String,
@@ -162,6 +165,38 @@ fn make_dir(dir: &Path) -> Result<(), SpoolError> {
         .mode(0o750)
         .create(dir)
         .map_err(io(dir))
+}
+
+/// Opens `index.jsonl` for appending, first cutting it back to the committed chunks (lines
+/// of chunks at or above `committed`, and a torn last line, are dropped).
+fn open_index(output: &Path, committed: u64) -> Result<File, SpoolError> {
+    let path = output.join(INDEX_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let mut keep = 0;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        let below = line.ends_with(b"\n")
+            && serde_json::from_slice::<ChunkIndexEntry>(&line[..line.len() - 1])
+                .is_ok_and(|e| e.index < committed);
+        if !below {
+            break;
+        }
+        keep += line.len();
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(&path)
+        .map_err(io(&path))?;
+    if keep < bytes.len() {
+        file.set_len(keep as u64).map_err(io(&path))?;
+        file.sync_all().map_err(io(&path))?;
+    }
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -248,6 +283,7 @@ impl TopicSpool {
                 fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             }
         }
+        let index_file = open_index(output, committed)?;
         let mut last_plaintext_hash = None;
         if committed > 0 {
             let last = output.join(format!("chunk-{}.json", committed - 1));
@@ -300,6 +336,7 @@ impl TopicSpool {
                 storage.clone(),
             ),
             storage,
+            index_file,
             committed: Arc::new(AtomicU64::new(committed)),
             did: did.to_string(),
             writer,
@@ -380,6 +417,30 @@ impl TopicSpool {
         Ok(())
     }
 
+    /// Appends chunk `envelope`'s line to `index.jsonl` (synced: before the commit point, so
+    /// that a committed chunk always has its line; recovery drops lines above it).
+    fn write_index(
+        &mut self,
+        span: &Result<PackageSpan, SpanError>,
+        envelope: &stream::chain::ChunkEnvelope,
+    ) -> Result<(), SpoolError> {
+        let path = self.output.inner().dir().join(INDEX_FILE);
+        let entry = match span {
+            Ok(span) => span.entry(envelope.index, &envelope.chunk_id),
+            Err(e) => {
+                tracing::warn!(chunk = envelope.index, error = %e, "chunk not indexed: a package line without a readable timestamp or sequence number");
+                None
+            }
+        };
+        if let Some(entry) = entry {
+            self.index_file
+                .write_all(entry.to_line().as_bytes())
+                .and_then(|()| self.index_file.sync_data())
+                .map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
     /// Closes the open chunk: seals it through keyd, publishes it, and starts the next one.
     /// On error nothing is committed and the call can be repeated.
     pub fn commit(
@@ -405,6 +466,7 @@ impl TopicSpool {
         let mut next = self.writer.clone();
         next.absorb(&self.open);
         let plaintext_bytes = self.open.len();
+        let span = span_of_lines(&self.open);
         // Sealed in place (no copy of the chunk); on any failure from here to the commit
         // point the spool file gives the plaintext back.
         let result = seal_chunk(std::mem::take(&mut self.open), key, signer, index)
@@ -413,6 +475,7 @@ impl TopicSpool {
                 next.append(sealed, &mut self.output)
                     .map_err(SpoolError::from)
             })
+            .and_then(|written| self.write_index(&span, &written.envelope))
             .and_then(|_| {
                 let state = State {
                     chain: next.state(),

@@ -23,6 +23,7 @@ import pytest
 from peaq_os_sdk.stream import verify_data_package
 
 from conftest import OURS, ROOT, ours, ref
+from datasets import check_datasets
 from test_packages import package_from_line
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -196,6 +197,8 @@ def test_topics_become_verified_chains(keyd):
             sequences.append(doc["sequenceNumber"])
         manifest = json.loads((out / name / "manifest.json").read_text())
         assert manifest["machineDid"] == keyd["identity"]["did"]
+    # A dataset of the chatter chain, listed through keyd and checked by the buyer.
+    check_datasets(keyd, out / "chatter", work)
     # The encrypted field is nowhere in clear: not in the spool, the chunks, or the logs.
     # Message 0's latitude is plain 48.1, which a log's timestamp or duration can contain by
     # chance; from message 1 on the values have seven or more digits and cannot.
