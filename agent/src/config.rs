@@ -97,6 +97,22 @@ impl Default for ChunkBounds {
     }
 }
 
+/// A topic's own dataset listings: every `every`, the chunks committed since the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetSchedule {
+    pub every: std::time::Duration,
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetsDoc {
+    /// A duration: `1h`, `30min`, `90s`, `500ms`.
+    every: Spanned<String>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
 /// When the spool is flushed to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -269,6 +285,8 @@ struct TopicDoc {
     outputs: Option<Spanned<Vec<OutputDoc>>>,
     #[serde(default, alias = "keepLocal")]
     keep_local: Option<Spanned<KeepLocal>>,
+    #[serde(default)]
+    datasets: Option<DatasetsDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +338,8 @@ pub struct TopicConfig {
     pub keep_local: Option<KeepLocal>,
     /// The spool directory of this topic.
     pub spool: PathBuf,
+    /// Datasets the agent lists on its own, if any.
+    pub datasets: Option<DatasetSchedule>,
 }
 
 /// A validated map.
@@ -474,6 +494,32 @@ impl AgentConfig {
                     "bounds must be at least 1".into(),
                 ));
             }
+            let datasets = match &t.datasets {
+                None => None,
+                Some(d) => {
+                    let every = humantime::parse_duration(d.every.value.trim()).map_err(|e| {
+                        invalid(
+                            line_of(&d.every),
+                            &key("datasets.every"),
+                            format!(
+                                "{:?}: {e} (a duration such as 1h, 30min or 90s)",
+                                d.every.value
+                            ),
+                        )
+                    })?;
+                    if every < std::time::Duration::from_millis(100) {
+                        return Err(invalid(
+                            line_of(&d.every),
+                            &key("datasets.every"),
+                            "must be at least 100ms".into(),
+                        ));
+                    }
+                    Some(DatasetSchedule {
+                        every,
+                        title: d.title.clone(),
+                    })
+                }
+            };
             let qos = t.qos.as_ref().map_or_else(Qos::default, |q| q.value);
             if qos.depth == Some(0) {
                 return Err(invalid(
@@ -562,6 +608,7 @@ impl AgentConfig {
                 chunk,
                 output,
                 spool: spool_dir.join(&slug),
+                datasets,
             });
         }
 
@@ -639,6 +686,27 @@ topics:
             e.contains("keep_local") && e.contains("no S3 output"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn dataset_schedules_per_topic() {
+        let map = GOOD.replace(
+            "    chunk: { max_bytes: 65536, maxAgeMs: 500 }\n",
+            "    chunk: { max_bytes: 65536, maxAgeMs: 500 }\n    datasets: { every: 1h, title: IMU }\n",
+        );
+        let c = parse(&map).unwrap();
+        let d = c.topics[0].datasets.as_ref().unwrap();
+        assert_eq!(d.every, std::time::Duration::from_secs(3600));
+        assert_eq!(d.title.as_deref(), Some("IMU"));
+        assert!(c.topics[1].datasets.is_none());
+        let e = parse(&map.replace("every: 1h", "every: hourly"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":15: topics[0].datasets.every:"), "{e}");
+        let e = parse(&map.replace("every: 1h", "every: 1ms"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 100ms"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod backlog;
 pub mod capture;
 pub mod config;
+pub mod listing;
 pub mod metrics;
 pub mod msg;
 pub mod outbox;

@@ -18,15 +18,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Number;
 use stream::sign::{rule_messages, sign_ruled, MessageError, PackageLine, UnsignedMessage};
-use stream::signer::{ChunkHashSigner, ChunkKeySource, FieldEncryptor, PackageSigner, SignerError};
+use stream::signer::{
+    ChunkHashSigner, ChunkKeySource, DatasetSigner, FieldEncryptor, PackageSigner, SignerError,
+};
 
 use crate::backlog::Backlog;
 use crate::config::{AgentConfig, SpoolFsync};
+use crate::listing::Lister;
 use crate::metrics::{self, KeydOutcome, Metrics};
 use crate::spool::{SpoolError, TopicSpool};
 
 /// Everything keyd does for the agent.
-pub trait Keyd: PackageSigner + FieldEncryptor + ChunkKeySource + ChunkHashSigner {
+pub trait Keyd:
+    PackageSigner + FieldEncryptor + ChunkKeySource + ChunkHashSigner + DatasetSigner
+{
     /// The lowest sequence number keyd will sign now.
     fn next_sequence_number(&self) -> Result<u64, SignerError>;
     /// `signingKeyId` of the packages.
@@ -238,6 +243,15 @@ pub fn run_writer(
 ) -> Result<(), PipelineError> {
     let fsync = config.spool_fsync == SpoolFsync::Batch;
     let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
+    let mut listers: Vec<Option<Lister>> = config
+        .topics
+        .iter()
+        .map(|t| {
+            t.datasets
+                .as_ref()
+                .map(|d| Lister::open(&t.topic, &t.output, d))
+        })
+        .collect();
     for (topic, spool) in config.topics.iter().zip(spools.iter()) {
         metrics
             .spool_packages
@@ -337,6 +351,25 @@ pub fn run_writer(
         for (index, spool) in spools.iter_mut().enumerate() {
             if spool.expired(&config.topics[index].chunk, now) {
                 commit(index, spool, false)?;
+            }
+        }
+        for (index, lister) in listers.iter_mut().enumerate() {
+            let Some(lister) = lister.as_mut().filter(|l| l.due(now)) else {
+                continue;
+            };
+            let started = Instant::now();
+            match lister.list(spools[index].next_index(), keyd) {
+                Ok(_) => {}
+                Err(crate::listing::ListError::Keyd(e)) => {
+                    metrics.observe_keyd("dataset", started.elapsed(), KeydOutcome::of_error(&e));
+                    tracing::warn!(topic = %config.topics[index].topic, error = %e, "keyd did not sign the dataset");
+                    if e.is_retryable() {
+                        lister.retry_in(Duration::from_secs(10));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %config.topics[index].topic, error = %e, "dataset not listed");
+                }
             }
         }
     }

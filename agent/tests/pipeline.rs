@@ -120,6 +120,16 @@ impl PackageSigner for FakeKeyd {
     }
 }
 
+impl DatasetSigner for FakeKeyd {
+    fn key_id(&self) -> &str {
+        "fake#keys-1"
+    }
+    fn sign_dataset(&self, document: &[u8]) -> Result<[u8; 65], SignerError> {
+        self.gate(false)?;
+        self.packages.sign_dataset(document)
+    }
+}
+
 impl FieldEncryptor for FakeKeyd {
     fn encrypt_fields(&self, plaintexts: &[&[u8]]) -> Result<Vec<String>, SignerError> {
         self.fields.encrypt_fields(plaintexts)

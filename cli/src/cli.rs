@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "peaqos",
     version,
-    about = "Publish, grant, consume, verify and sign peaq Stream data"
+    about = "Publish, grant, consume, verify and sign peaq Stream data; list it as datasets"
 )]
 pub struct Cli {
     /// Suppress progress and summaries on stderr.
@@ -124,10 +124,10 @@ pub struct DatasetVerifyArgs {
     #[arg(long, requires_all = ["buyer_key_file", "buyer_id"])]
     pub access_dir: Option<PathBuf>,
     /// File holding the buyer's X25519 private key (hex).
-    #[arg(long)]
+    #[arg(long, requires = "access_dir")]
     pub buyer_key_file: Option<PathBuf>,
     /// Buyer recipient id, as in the access files.
-    #[arg(long)]
+    #[arg(long, requires = "access_dir")]
     pub buyer_id: Option<String>,
     /// Print the result as JSON on stdout.
     #[arg(long)]

@@ -1,6 +1,7 @@
 //! Request parsing and envelope validation: arbitrary bytes as keyd's protobuf requests,
 //! every envelope through the identity key's purpose check, every chunk hash and commitment
-//! through the chain key's, every chunk envelope through the grant parser. Nothing may panic, and an accepted envelope must be exactly the
+//! through the chain key's, every chunk envelope through the grant parser, every dataset
+//! document through the identity key's dataset check. Nothing may panic, and an accepted envelope must be exactly the
 //! canonical form of what it parses to.
 #![no_main]
 
@@ -17,8 +18,20 @@ fn check(envelope: &[u8]) {
     }
 }
 
+fn check_dataset(document: &[u8]) {
+    let key = "ab".repeat(32);
+    if keyd::service::purpose::check_dataset(document, DID, &key).is_ok() {
+        let doc = stream::dataset::DatasetDocument::from_json(document).expect("accepted datasets parse");
+        assert_eq!(doc.signing_bytes().expect("and serialize"), document, "accepted datasets are canonical");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     check(data);
+    check_dataset(data);
+    if let Ok(request) = v1::SignDatasetRequest::decode(data) {
+        check_dataset(&request.document);
+    }
     if let Ok(request) = v1::SignPackagesRequest::decode(data) {
         request.envelopes.iter().for_each(|e| check(e));
     }

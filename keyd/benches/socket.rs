@@ -131,7 +131,7 @@ fn durable_costs() -> (f64, f64, f64) {
         batch: 1,
         result: "ok",
         latency_us: 120,
-        grant: None,
+        detail: None,
     }
     .to_json();
     let n = 20_000;

@@ -155,6 +155,7 @@ def test_topics_become_verified_chains(keyd):
     type: sensor_msgs/msg/Imu
     schema_version: "imu-1"
     chunk: { max_messages: 50 }
+    datasets: { every: 200ms, title: IMU }
   - topic: /gps
     type: sensor_msgs/msg/NavSatFix
     schema_version: "1"
@@ -199,6 +200,15 @@ def test_topics_become_verified_chains(keyd):
         assert manifest["machineDid"] == keyd["identity"]["did"]
     # A dataset of the chatter chain, listed through keyd and checked by the buyer.
     check_datasets(keyd, out / "chatter", work)
+    # The agent lists /imu on its own: consecutive datasets from chunk 0, each verifying.
+    listed = sorted((out / "imu").glob("dataset-*.json"), key=lambda p: int(p.name.split("-")[1]))
+    assert listed, "the agent listed no dataset of /imu"
+    expected_first = 0
+    for path in listed:
+        doc = json.loads(path.read_text())
+        assert doc["firstIndex"] == expected_first and doc["title"] == "IMU" and doc["timeRange"], doc
+        expected_first = doc["lastIndex"] + 1
+        ours("-q", "dataset", "verify", "--dataset", str(path), "--chunk-dir", str(out / "imu"))
     # The encrypted field is nowhere in clear: not in the spool, the chunks, or the logs.
     # Message 0's latitude is plain 48.1, which a log's timestamp or duration can contain by
     # chance; from message 1 on the values have seven or more digits and cannot.

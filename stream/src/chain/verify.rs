@@ -237,6 +237,10 @@ pub fn verify_chain(
     check.finish()
 }
 
+/// Reads chunk `index`'s ciphertext: `None` when it is not there, `Err` with a reason when
+/// it cannot be read.
+pub type ReadCiphertext<'r> = dyn FnMut(u64) -> Result<Option<Vec<u8>>, String> + 'r;
+
 /// The checks of [`verify_chain`], one chunk at a time, for a chain or a contiguous part of
 /// one (a dataset's range): feed the chunks in order to [`ChainCheck::chunk`] (or
 /// [`ChainCheck::envelope`], which reads no ciphertext), then call [`ChainCheck::finish`].
@@ -273,7 +277,7 @@ impl<'a> ChainCheck<'a> {
     pub fn chunk(
         &mut self,
         chunk: &ChunkEnvelope,
-        ciphertext: &mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, String>,
+        ciphertext: &mut ReadCiphertext<'_>,
     ) -> Result<Option<Vec<u8>>, ChainFailure> {
         self.step(chunk, Some(ciphertext))
     }
@@ -292,7 +296,7 @@ impl<'a> ChainCheck<'a> {
     fn step(
         &mut self,
         chunk: &ChunkEnvelope,
-        ciphertext: Option<&mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, String>>,
+        ciphertext: Option<&mut ReadCiphertext<'_>>,
     ) -> Result<Option<Vec<u8>>, ChainFailure> {
         let options = self.options;
         let index = self.next;

@@ -254,7 +254,7 @@ impl<'a> RangeCheck<'a> {
     pub fn chunk(
         &mut self,
         chunk: &ChunkEnvelope,
-        ciphertext: &mut dyn FnMut(u64) -> Result<Option<Vec<u8>>, String>,
+        ciphertext: &mut crate::chain::ReadCiphertext<'_>,
     ) -> Result<Option<Vec<u8>>, DatasetFailure> {
         let plaintext = self.chain.chunk(chunk, ciphertext)?;
         self.leaf(chunk)?;
