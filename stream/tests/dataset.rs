@@ -344,3 +344,17 @@ fn a_chain_of_bytes_has_no_time_range_and_documents_are_strict() {
     let err = DatasetDocument::from_value(value).unwrap_err().to_string();
     assert!(err.contains("treeSize"), "{err}");
 }
+
+#[test]
+fn a_signature_verdict_vouches_only_for_its_own_chunk() {
+    use stream::chain::{ChainCheck, SignatureVerdict, VerifyOptions};
+    let chain = chain(2);
+    let good = SignatureVerdict::of(&chain.envelopes[0]);
+    assert!(good.valid());
+    let mut forged = chain.envelopes[0].clone();
+    forged.signature.value = "00".repeat(64);
+    let options = VerifyOptions::default();
+    let err = ChainCheck::new(&options, 0).envelope_checked(&forged, &good).unwrap_err();
+    assert_eq!(err.check(), "signature");
+    ChainCheck::new(&options, 0).envelope_checked(&chain.envelopes[0], &good).unwrap();
+}

@@ -13,6 +13,7 @@ pub use decrypt::{decrypt_chunk, decrypt_with_key, recipient_for, unwrap_chunk_k
 pub use envelope::*;
 pub use source::{SavedSourceHash, SourceHasher};
 pub use verify::{
-    verify_chain, ChainCheck, ChainFailure, ChainReport, ReadCiphertext, VerifyOptions,
+    verify_chain, ChainCheck, ChainFailure, ChainReport, ReadCiphertext, SignatureVerdict,
+    VerifyOptions,
 };
 pub use writer::{ChainOutput, ChainState, ChainWriter, DirOutput, StateError, Written};

@@ -293,10 +293,29 @@ impl<'a> ChainCheck<'a> {
         self.next - self.start
     }
 
+    /// [`Self::envelope`] with the chunk's Ed25519 signature already checked (on another
+    /// thread: it is most of the cost of an envelope).
+    pub fn envelope_checked(
+        &mut self,
+        chunk: &ChunkEnvelope,
+        verdict: &SignatureVerdict,
+    ) -> Result<(), ChainFailure> {
+        self.step_with(chunk, None, Some(verdict)).map(|_| ())
+    }
+
     fn step(
         &mut self,
         chunk: &ChunkEnvelope,
         ciphertext: Option<&mut ReadCiphertext<'_>>,
+    ) -> Result<Option<Vec<u8>>, ChainFailure> {
+        self.step_with(chunk, ciphertext, None)
+    }
+
+    fn step_with(
+        &mut self,
+        chunk: &ChunkEnvelope,
+        ciphertext: Option<&mut ReadCiphertext<'_>>,
+        verdict: Option<&SignatureVerdict>,
     ) -> Result<Option<Vec<u8>>, ChainFailure> {
         let options = self.options;
         let index = self.next;
@@ -342,11 +361,14 @@ impl<'a> ChainCheck<'a> {
         if signature.machine_did.trim().is_empty() || signature.key_id.trim().is_empty() {
             return Err(ChainFailure::SignatureIdentity { index });
         }
-        let public_key = hexenc::decode_array::<32>("publicKeyHex", &signature.public_key_hex)
-            .map_err(|_| ChainFailure::SignatureInvalid { index })?;
-        if !ed25519_verifies(&public_key, &signature.value, &chunk.encrypted_data_hash) {
-            return Err(ChainFailure::SignatureInvalid { index });
-        }
+        let verdict = match verdict {
+            Some(v) if v.matches(chunk) => v.clone(),
+            _ => SignatureVerdict::of(chunk),
+        };
+        let public_key = verdict
+            .public_key
+            .filter(|_| verdict.valid)
+            .ok_or(ChainFailure::SignatureInvalid { index })?;
         // Beyond the reference.
         if let Some(expected) = options.expect_did {
             // DIDs name an address, which compares case-insensitively.
@@ -433,6 +455,47 @@ impl<'a> ChainCheck<'a> {
             report.plaintext_bytes = Some(self.plaintext_bytes);
         }
         Ok(report)
+    }
+}
+
+/// Whether a chunk's Ed25519 signature over its `encryptedDataHash` verifies with its
+/// `publicKeyHex`: computed anywhere (a thread pool), used by [`ChainCheck::envelope_checked`],
+/// which recomputes it unless it was made for exactly that hash, key and signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureVerdict {
+    encrypted_data_hash: String,
+    public_key_hex: String,
+    value: String,
+    public_key: Option<[u8; 32]>,
+    valid: bool,
+}
+
+impl SignatureVerdict {
+    /// Checks `chunk`'s signature.
+    pub fn of(chunk: &ChunkEnvelope) -> Self {
+        let signature = &chunk.signature;
+        let public_key = hexenc::decode_array::<32>("publicKeyHex", &signature.public_key_hex).ok();
+        let valid = public_key.is_some_and(|key| {
+            ed25519_verifies(&key, &signature.value, &chunk.encrypted_data_hash)
+        });
+        SignatureVerdict {
+            encrypted_data_hash: chunk.encrypted_data_hash.clone(),
+            public_key_hex: signature.public_key_hex.clone(),
+            value: signature.value.clone(),
+            public_key,
+            valid,
+        }
+    }
+
+    /// Whether the signature verifies.
+    pub fn valid(&self) -> bool {
+        self.valid
+    }
+
+    fn matches(&self, chunk: &ChunkEnvelope) -> bool {
+        self.encrypted_data_hash == chunk.encrypted_data_hash
+            && self.public_key_hex == chunk.signature.public_key_hex
+            && self.value == chunk.signature.value
     }
 }
 

@@ -11,7 +11,7 @@ use super::proof::{
 };
 use super::tree::{self, Hash, RootBuilder};
 use super::DatasetError;
-use crate::chain::{ChainCheck, ChainFailure, ChunkEnvelope, VerifyOptions};
+use crate::chain::{ChainCheck, ChainFailure, ChunkEnvelope, SignatureVerdict, VerifyOptions};
 use crate::hexenc;
 
 /// A failed dataset check: which (`check`), on which chunk, and why.
@@ -119,7 +119,17 @@ impl DatasetBuilder {
         chunk: &ChunkEnvelope,
         span: Option<&PackageSpan>,
     ) -> Result<(), DatasetFailure> {
-        self.check.envelope(chunk)?;
+        self.push_checked(chunk, span, &SignatureVerdict::of(chunk))
+    }
+
+    /// [`Self::push`] with the chunk's signature checked already (see [`SignatureVerdict`]).
+    pub fn push_checked(
+        &mut self,
+        chunk: &ChunkEnvelope,
+        span: Option<&PackageSpan>,
+        verdict: &SignatureVerdict,
+    ) -> Result<(), DatasetFailure> {
+        self.check.envelope_checked(chunk, verdict)?;
         let signer = &chunk.signature;
         if !signer.machine_did.eq_ignore_ascii_case(&self.machine_did) {
             return Err(DatasetFailure::new(
@@ -246,6 +256,16 @@ impl<'a> RangeCheck<'a> {
     /// Checks the next chunk's envelope only.
     pub fn envelope(&mut self, chunk: &ChunkEnvelope) -> Result<(), DatasetFailure> {
         self.chain.envelope(chunk)?;
+        self.leaf(chunk)
+    }
+
+    /// [`Self::envelope`] with the chunk's signature checked already (see [`SignatureVerdict`]).
+    pub fn envelope_checked(
+        &mut self,
+        chunk: &ChunkEnvelope,
+        verdict: &SignatureVerdict,
+    ) -> Result<(), DatasetFailure> {
+        self.chain.envelope_checked(chunk, verdict)?;
         self.leaf(chunk)
     }
 

@@ -11,6 +11,7 @@ use stream::keys::{BoxKey, IdentityKey};
 use stream::layout;
 use stream::signer::DatasetSigner;
 
+use super::read::for_each_envelope;
 use super::{failed, read_envelope, read_file, write_file};
 use crate::cli::DatasetBuildArgs;
 use crate::output::{check, input, print_json, CliError, CliResult, Output};
@@ -168,8 +169,8 @@ pub fn run(args: DatasetBuildArgs, out: &Output) -> CliResult {
     let did = stream::signer::PackageSigner::did(signer.as_ref()).to_string();
     let mut builder = DatasetBuilder::new(from, &did);
     let bar = out.progress(to - from + 1, false, !args.json);
-    for index in from..=to {
-        let chunk = read_envelope(dir, index)?.ok_or_else(|| {
+    for_each_envelope(dir, from, to, |index, checked| {
+        let (chunk, verdict) = checked.ok_or_else(|| {
             input(format!(
                 "chunk {index}: {} is missing",
                 dir.join(format!("chunk-{index}.json")).display()
@@ -177,10 +178,11 @@ pub fn run(args: DatasetBuildArgs, out: &Output) -> CliResult {
         })?;
         let span = spans.of(dir, &chunk)?;
         builder
-            .push(&chunk, span.as_ref())
+            .push_checked(&chunk, span.as_ref(), &verdict)
             .map_err(|f| failed(false, "dataset build", f))?;
         bar.inc(1);
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let mut doc = builder
         .finish(&args.topic, layout::utc_now_iso8601())

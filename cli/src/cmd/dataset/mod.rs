@@ -3,6 +3,7 @@
 
 mod build;
 mod proofs;
+mod read;
 mod sample;
 mod verify;
 
@@ -67,17 +68,33 @@ fn range_leaves(doc: &DatasetDocument, dir: &Path) -> Result<Vec<Hash>, DatasetF
     let options = stream::dataset::chain_options(doc)?;
     let mut check = RangeCheck::new(doc, &options);
     let mut leaves = Vec::with_capacity(doc.tree_size.min(1 << 24) as usize);
-    for index in doc.first_index..=doc.last_index {
-        let chunk = read_envelope(dir, index)
-            .map_err(|e| DatasetFailure {
-                check: "missing",
-                index: Some(index),
-                message: e.to_string(),
-            })?
-            .ok_or_else(|| missing(dir, index))?;
-        check.envelope(&chunk)?;
-        leaves.push(chunk_leaf(&chunk));
+    let mut failure = None;
+    let read = read::for_each_envelope(dir, doc.first_index, doc.last_index, |index, checked| {
+        let outcome = match checked {
+            None => Err(missing(dir, index)),
+            Some((chunk, verdict)) => check
+                .envelope_checked(&chunk, &verdict)
+                .map(|()| chunk_leaf(&chunk)),
+        };
+        match outcome {
+            Ok(leaf) => {
+                leaves.push(leaf);
+                Ok(())
+            }
+            Err(f) => {
+                failure = Some(f);
+                Err(CliError::Check("stopped at the first failure".into()))
+            }
+        }
+    });
+    if let Some(f) = failure {
+        return Err(f);
     }
+    read.map_err(|e| DatasetFailure {
+        check: "missing",
+        index: None,
+        message: e.to_string(),
+    })?;
     check.finish()?;
     Ok(leaves)
 }

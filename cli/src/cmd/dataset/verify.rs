@@ -28,14 +28,22 @@ pub fn run(args: DatasetVerifyArgs, out: &Output) -> CliResult {
     let mut check = RangeCheck::new(&doc, &options);
     let mut packages = 0u64;
     let bar = out.progress(doc.tree_size, false, !args.json);
-    for index in doc.first_index..=doc.last_index {
+    if args.envelopes_only {
+        super::read::for_each_envelope(
+            chunk_dir,
+            doc.first_index,
+            doc.last_index,
+            |index, checked| {
+                let (chunk, verdict) = checked.ok_or_else(|| fail(missing(chunk_dir, index)))?;
+                check.envelope_checked(&chunk, &verdict).map_err(fail)?;
+                bar.inc(1);
+                Ok(())
+            },
+        )?;
+    }
+    for index in (doc.first_index..=doc.last_index).filter(|_| !args.envelopes_only) {
         let chunk =
             read_envelope(chunk_dir, index)?.ok_or_else(|| fail(missing(chunk_dir, index)))?;
-        if args.envelopes_only {
-            check.envelope(&chunk).map_err(fail)?;
-            bar.inc(1);
-            continue;
-        }
         let mut data = None;
         let mut read = |i: u64| {
             let bytes = layout::read_ciphertext(data_dir, i).map_err(|e| e.to_string())?;
