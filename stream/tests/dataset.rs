@@ -354,7 +354,11 @@ fn a_signature_verdict_vouches_only_for_its_own_chunk() {
     let mut forged = chain.envelopes[0].clone();
     forged.signature.value = "00".repeat(64);
     let options = VerifyOptions::default();
-    let err = ChainCheck::new(&options, 0).envelope_checked(&forged, &good).unwrap_err();
+    let err = ChainCheck::new(&options, 0)
+        .envelope_checked(&forged, &good)
+        .unwrap_err();
     assert_eq!(err.check(), "signature");
-    ChainCheck::new(&options, 0).envelope_checked(&chain.envelopes[0], &good).unwrap();
+    ChainCheck::new(&options, 0)
+        .envelope_checked(&chain.envelopes[0], &good)
+        .unwrap();
 }

@@ -88,6 +88,13 @@ def check_datasets(keyd: dict, chain: Path, work: Path) -> None:
     assert (doc["firstIndex"], doc["lastIndex"], doc["treeSize"]) == (first, last, last - first + 1)
     assert doc["timeRange"] == {"from": index[1]["firstTimestamp"], "to": index[-2]["lastTimestamp"]}
     assert doc["machineDid"] == did and doc["chainPublicKeyHex"] == keyd["identity"]["chainPublicKeyHex"]
+    # The same range by decrypting as the owner instead of reading index.jsonl.
+    ours("-q", "dataset", "build", "--chunk-dir", str(chain), "--topic", "/chatter", "--from-time", index[1]["firstTimestamp"],
+         "--to-time", index[-2]["lastTimestamp"], "--keyd", socket, "--recipient-key-file", str(keys / "owner.key"),
+         "--output", str(d / "by-decrypting.json"))
+    again = json.loads((d / "by-decrypting.json").read_text())
+    assert (again["firstIndex"], again["lastIndex"], again["merkleRoot"], again["timeRange"]) == \
+        (doc["firstIndex"], doc["lastIndex"], doc["merkleRoot"], doc["timeRange"]), again
     # The root and the signature, checked independently.
     leaves = [leaf(c) for c in chunks[first:last + 1]]
     assert doc["merkleRoot"] == "0x" + mth(leaves).hex()
@@ -156,6 +163,9 @@ def check_datasets(keyd: dict, chain: Path, work: Path) -> None:
     refused([*verify, str(tampered("reordered", swap))], "index", work)
     edited = tampered("edited", lambda c: (c / f"chunk-{k}.bin").write_bytes(b"x" + (c / f"chunk-{k}.bin").read_bytes()[1:]))
     refused([*verify, str(edited)], "encryptedDataHash", work)
+    garbled = tampered("garbled", lambda c: (c / f"chunk-{k}.json").write_text("{not json"))
+    result = ours(*verify, str(garbled), check=False, cwd=work)
+    assert result.returncode == 1 and "[envelope]" in result.stderr, result.stderr
     for name, change in [("range", lambda x: x.update(lastIndex=x["lastIndex"] - 1, treeSize=x["treeSize"] - 1)),
                          ("root", lambda x: x.update(merkleRoot="0x" + "00" * 32))]:
         bad = dict(doc)

@@ -19,9 +19,11 @@ use crate::hexenc;
 #[error("{message}")]
 pub struct DatasetFailure {
     /// A short name of the check, for machine output: `document`, `datasetSignature`,
-    /// `missing`, `firstChunkId`, `lastChunkId`, `merkleRoot`, `package`, `packageDid`,
-    /// `timeRange`, `proof`, `auditPath`, `consistency`, or a chain check's name
-    /// (`previousChunkId`, `signature`, `signerKey`, …).
+    /// `missing`, `firstChunkId`, `lastChunkId`, `lastIndex`, `merkleRoot`, `package`,
+    /// `packageDid`, `timeRange`, `proof`, `auditPath`, `consistency`, or a chain check's
+    /// name (`index`, `previousChunkId`, `chunkId`, `signature`, `signerKey`,
+    /// `expectedDid`, `keyCommitment`, …); the commands add `envelope` (not an envelope) and
+    /// `access` (no buyer access for a chunk).
     pub check: &'static str,
     /// The chunk the failure is about, when there is one.
     pub index: Option<u64>,

@@ -48,8 +48,8 @@ impl ChunkIndexEntry {
 pub struct PackageSpan {
     packages: u64,
     sequence: Option<(u64, u64)>,
-    /// (earliest, latest) timestamp as written, compared as instants.
-    times: Option<(String, String)>,
+    /// The earliest and latest timestamp, as written and as instants.
+    times: Option<[(String, time::OffsetDateTime); 2]>,
 }
 
 /// Why a package line does not fit a span.
@@ -73,13 +73,13 @@ impl PackageSpan {
             Some((lo, hi)) => (lo.min(sequence), hi.max(sequence)),
         });
         match &mut self.times {
-            None => self.times = Some((timestamp.into(), timestamp.into())),
-            Some((from, to)) => {
-                if instant(from).is_some_and(|f| t < f) {
-                    *from = timestamp.into();
+            None => self.times = Some([(timestamp.into(), t), (timestamp.into(), t)]),
+            Some([from, to]) => {
+                if t < from.1 {
+                    *from = (timestamp.into(), t);
                 }
-                if instant(to).is_some_and(|l| t > l) {
-                    *to = timestamp.into();
+                if t > to.1 {
+                    *to = (timestamp.into(), t);
                 }
             }
         }
@@ -102,16 +102,16 @@ impl PackageSpan {
 
     /// The time the packages cover; `None` when there are none.
     pub fn time_range(&self) -> Option<TimeRange> {
-        self.times.as_ref().map(|(from, to)| TimeRange {
-            from: from.clone(),
-            to: to.clone(),
+        self.times.as_ref().map(|[from, to]| TimeRange {
+            from: from.0.clone(),
+            to: to.0.clone(),
         })
     }
 
     /// The entry of chunk `index` with this span; `None` when it holds no package.
     pub fn entry(&self, index: u64, chunk_id: &str) -> Option<ChunkIndexEntry> {
         let (first_sequence_number, last_sequence_number) = self.sequence?;
-        let (first_timestamp, last_timestamp) = self.times.clone()?;
+        let [(first_timestamp, _), (last_timestamp, _)] = self.times.clone()?;
         Some(ChunkIndexEntry {
             index,
             chunk_id: chunk_id.into(),

@@ -50,13 +50,18 @@ fn read_document(path: &Path) -> Result<DatasetDocument, DatasetFailure> {
     })
 }
 
-/// `dir/chunk-{index}.json`, `None` when it is not there.
+/// `dir/chunk-{index}.json`, `None` when it is not there. One that is there but is not an
+/// envelope fails the check `envelope` (the chain is damaged); one that cannot be read is an
+/// input error.
 fn read_envelope(dir: &Path, index: u64) -> Result<Option<ChunkEnvelope>, CliError> {
     let path = dir.join(format!("chunk-{index}.json"));
     match std::fs::read(&path) {
-        Ok(bytes) => ChunkEnvelope::from_json(&bytes)
-            .map(Some)
-            .map_err(|e| input(format!("{}: {e}", path.display()))),
+        Ok(bytes) => ChunkEnvelope::from_json(&bytes).map(Some).map_err(|e| {
+            CliError::Check(format!(
+                "chunk {index} failed [envelope]: {}: {e}",
+                path.display()
+            ))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(input(format!("cannot read {}: {e}", path.display()))),
     }
@@ -91,7 +96,7 @@ fn range_leaves(doc: &DatasetDocument, dir: &Path) -> Result<Vec<Hash>, DatasetF
         return Err(f);
     }
     read.map_err(|e| DatasetFailure {
-        check: "missing",
+        check: "envelope",
         index: None,
         message: e.to_string(),
     })?;
