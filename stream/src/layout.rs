@@ -253,6 +253,20 @@ pub fn chunk_file(name: &str) -> Option<ChunkFile> {
     digits.parse().ok().map(kind)
 }
 
+/// The indices of the `chunk-*.json` envelopes in `dir`, sorted (none is read).
+pub fn envelope_indices(dir: &Path) -> Result<Vec<u64>, LayoutError> {
+    let mut found: Vec<u64> = fs::read_dir(dir)
+        .map_err(io_error(dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| match chunk_file(&e.file_name().to_string_lossy()) {
+            Some(ChunkFile::Envelope(index)) => Some(index),
+            _ => None,
+        })
+        .collect();
+    found.sort_unstable();
+    Ok(found)
+}
+
 /// Reads every `chunk-*.json` envelope in `dir`, sorted by `index`. Gaps and duplicates are
 /// left for [`crate::chain::verify_chain`] to report with their index.
 pub fn read_chunks(dir: &Path) -> Result<Vec<ChunkEnvelope>, LayoutError> {

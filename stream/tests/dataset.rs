@@ -341,8 +341,16 @@ fn a_chain_of_bytes_has_no_time_range_and_documents_are_strict() {
     assert!(err.contains("price"), "{err}");
     value.as_object_mut().unwrap().remove("price");
     value["treeSize"] = 3.into();
-    let err = DatasetDocument::from_value(value).unwrap_err().to_string();
+    let err = DatasetDocument::from_value(value.clone())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("treeSize"), "{err}");
+    // A range of 2^64 chunks does not overflow.
+    value["firstIndex"] = 0.into();
+    value["lastIndex"] = u64::MAX.into();
+    value["treeSize"] = 0.into();
+    let err = DatasetDocument::from_value(value).unwrap_err().to_string();
+    assert!(err.contains("2^64"), "{err}");
 }
 
 #[test]

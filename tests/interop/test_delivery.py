@@ -257,6 +257,7 @@ def test_distribute_http_link_expires(keys, chain, tmp_path):
 @pytest.mark.parametrize("answers,code,message", [
     ([(404, {"error": "no such order"})], 1, "HTTP 404"),
     ([(200, b"<html>not json</html>")], 2, "not JSON"),
+    ([(200, b"{\"status\": \"" + b"x" * (1 << 20) + b"\"}")], 2, "larger than 64 KiB"),
     ([(200, {"status": "confirmed", "order_id": "o-1", "buyer_id": "buyer-1", "tx_hash": "0x1"})], 1,
      "buyer_public_key_hex"),
     ([(200, {"status": "pending", "order_id": "o-1"}), (200, {"status": "failed", "order_id": "o-1",

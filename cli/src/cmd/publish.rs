@@ -205,66 +205,63 @@ pub fn run(args: PublishArgs, out: &Output) -> CliResult {
             map.insert("chunks".into(), serde_json::Value::Array(chunks));
         }
         print_json(&value);
-    } else if let Some(path) = &s3_path {
-        let dir = args.output_dir.display();
-        out.say(format!(
-            "\nPublished {} chunks to {dir}/\n",
-            manifest.total_chunks
-        ));
+    } else {
+        say_summary(out, &args.output_dir, &manifest, s3_path.as_ref());
+        println!("{}", manifest_path.display());
+    }
+    Ok(())
+}
+
+/// The human summary on stderr, as the reference prints it (and, with `--s3`, where each
+/// file went).
+fn say_summary(out: &Output, dir: &std::path::Path, manifest: &Manifest, s3: Option<&S3Path>) {
+    out.say(format!(
+        "\nPublished {} chunks to {}/\n",
+        manifest.total_chunks,
+        dir.display()
+    ));
+    if let Some(path) = s3 {
         out.say(format!(
             "Uploaded {} chunks to s3://{}/{}\n",
             manifest.total_chunks, path.bucket, path.prefix
         ));
-        out.say("  Schema:       peaq.stream.chunks.v1");
-        out.say(format!("  Source Hash:  {}", manifest.source_hash));
-        out.say(format!("  Chunk Size:   {} bytes", manifest.chunk_size));
-        out.say(format!("  Machine DID:  {}", manifest.machine_did));
+    }
+    out.say("  Schema:       peaq.stream.chunks.v1");
+    out.say(format!("  Source Hash:  {}", manifest.source_hash));
+    out.say(format!("  Chunk Size:   {} bytes", manifest.chunk_size));
+    out.say(format!("  Machine DID:  {}", manifest.machine_did));
+    if let Some(path) = s3 {
         out.say(format!("  S3 Bucket:    {}", path.bucket));
         out.say(format!("  S3 Prefix:    {}", path.prefix));
-        out.say("");
-        out.say("  Files (local + S3):");
-        for i in 0..manifest.total_chunks.min(20) {
-            out.say(format!(
+    }
+    out.say("");
+    out.say(if s3.is_some() {
+        "  Files (local + S3):"
+    } else {
+        "  Files:"
+    });
+    for i in 0..manifest.total_chunks.min(20) {
+        match s3 {
+            Some(path) => out.say(format!(
                 "    chunk-{i}.json  chunk-{i}.bin  → {}",
                 store::upload::storage_ref(path, i)
-            ));
+            )),
+            None => out.say(format!("    chunk-{i}.json  chunk-{i}.bin")),
         }
-        if manifest.total_chunks > 20 {
-            out.say(format!(
-                "    … and {} more chunk pairs",
-                manifest.total_chunks - 20
-            ));
-        }
+    }
+    if manifest.total_chunks > 20 {
         out.say(format!(
+            "    … and {} more chunk pairs",
+            manifest.total_chunks - 20
+        ));
+    }
+    match s3 {
+        Some(path) => out.say(format!(
             "    manifest.json              → {}",
             path.uri("manifest.json")
-        ));
-        println!("{}", manifest_path.display());
-    } else {
-        let dir = args.output_dir.display();
-        out.say(format!(
-            "\nPublished {} chunks to {dir}/\n",
-            manifest.total_chunks
-        ));
-        out.say("  Schema:       peaq.stream.chunks.v1");
-        out.say(format!("  Source Hash:  {}", manifest.source_hash));
-        out.say(format!("  Chunk Size:   {} bytes", manifest.chunk_size));
-        out.say(format!("  Machine DID:  {}", manifest.machine_did));
-        out.say("");
-        out.say("  Files:");
-        for i in 0..manifest.total_chunks.min(20) {
-            out.say(format!("    chunk-{i}.json  chunk-{i}.bin"));
-        }
-        if manifest.total_chunks > 20 {
-            out.say(format!(
-                "    … and {} more chunk pairs",
-                manifest.total_chunks - 20
-            ));
-        }
-        out.say("    manifest.json");
-        println!("{}", manifest_path.display());
+        )),
+        None => out.say("    manifest.json"),
     }
-    Ok(())
 }
 
 /// Chunks, seals, links and writes `input` to `output` with `jobs` sealing workers, through

@@ -86,6 +86,10 @@ fn timed_out(polling: Polling, order_id: &str) -> CliError {
     ))
 }
 
+/// The most of a confirmation's answer that is read: a confirmation is a few hundred bytes,
+/// and an endpoint that sends more is not trusted with this process's memory.
+const MAX_ANSWER: usize = 64 * 1024;
+
 async fn poll_once(
     client: &reqwest::Client,
     url: &reqwest::Url,
@@ -115,15 +119,37 @@ async fn poll_once(
             status.as_u16()
         )));
     }
-    let body = match response.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            return Ok(Poll::Again(format!(
-                "confirmation endpoint's answer was cut ({}); polling again",
-                short(e)
-            )))
-        }
+    let too_large = || {
+        CliError::Network(format!(
+            "confirmation endpoint's answer is larger than {} KiB: not a confirmation",
+            MAX_ANSWER / 1024
+        ))
     };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER as u64)
+    {
+        return Err(too_large());
+    }
+    let mut response = response;
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(part)) => {
+                if body.len() + part.len() > MAX_ANSWER {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&part);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Ok(Poll::Again(format!(
+                    "confirmation endpoint's answer was cut ({}); polling again",
+                    short(e)
+                )))
+            }
+        }
+    }
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         CliError::Network(format!(
             "confirmation endpoint returned a response that is not JSON: {e}"

@@ -226,7 +226,7 @@ impl<'a> RangeCheck<'a> {
 
     /// The next chunk index expected.
     pub fn next_index(&self) -> u64 {
-        self.doc.first_index + self.tree.size()
+        self.doc.first_index.saturating_add(self.tree.size())
     }
 
     fn leaf(&mut self, chunk: &ChunkEnvelope) -> Result<(), DatasetFailure> {

@@ -161,7 +161,8 @@ impl DatasetDocument {
         if self.first_index > self.last_index {
             return Err(field("lastIndex", "is below firstIndex"));
         }
-        if self.tree_size != self.last_index - self.first_index + 1 {
+        let chunks = (self.last_index - self.first_index).checked_add(1);
+        if chunks != Some(self.tree_size) {
             return Err(field(
                 "treeSize",
                 format!(
@@ -169,7 +170,7 @@ impl DatasetDocument {
                     self.tree_size,
                     self.first_index,
                     self.last_index,
-                    self.last_index - self.first_index + 1
+                    chunks.map_or_else(|| "2^64".to_string(), |n| n.to_string())
                 ),
             ));
         }

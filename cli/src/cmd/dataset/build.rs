@@ -64,19 +64,9 @@ impl Spans {
     }
 }
 
-/// The chunk indices present in `dir`, sorted.
+/// The chunk indices present in `dir`, sorted; at least one.
 fn indices(dir: &Path) -> Result<Vec<u64>, CliError> {
-    let mut found: Vec<u64> = std::fs::read_dir(dir)
-        .map_err(|e| input(format!("--chunk-dir {}: {e}", dir.display())))?
-        .filter_map(|e| e.ok())
-        .filter_map(
-            |e| match layout::chunk_file(&e.file_name().to_string_lossy()) {
-                Some(f @ layout::ChunkFile::Envelope(_)) => Some(f.index()),
-                _ => None,
-            },
-        )
-        .collect();
-    found.sort_unstable();
+    let found = layout::envelope_indices(dir).map_err(|e| input(format!("--chunk-dir: {e}")))?;
     if found.is_empty() {
         return Err(input(format!(
             "--chunk-dir {}: no chunk-*.json",
@@ -168,7 +158,7 @@ pub fn run(args: DatasetBuildArgs, out: &Output) -> CliResult {
     let signer = signer(&args)?;
     let did = stream::signer::PackageSigner::did(signer.as_ref()).to_string();
     let mut builder = DatasetBuilder::new(from, &did);
-    let bar = out.progress(to - from + 1, false, !args.json);
+    let bar = out.progress((to - from).saturating_add(1), false, !args.json);
     for_each_envelope(dir, from, to, |index, checked| {
         let (chunk, verdict) = checked.ok_or_else(|| {
             input(format!(

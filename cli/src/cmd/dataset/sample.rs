@@ -86,16 +86,7 @@ pub fn run(args: DatasetSampleArgs, out: &Output) -> CliResult {
 
 /// The one `chunk-N.json` in `dir`.
 fn only_chunk(dir: &Path) -> Result<u64, CliError> {
-    let indices: Vec<u64> = std::fs::read_dir(dir)
-        .map_err(|e| input(format!("{}: {e}", dir.display())))?
-        .filter_map(|e| e.ok())
-        .filter_map(
-            |e| match layout::chunk_file(&e.file_name().to_string_lossy()) {
-                Some(f @ layout::ChunkFile::Envelope(_)) => Some(f.index()),
-                _ => None,
-            },
-        )
-        .collect();
+    let indices = layout::envelope_indices(dir).map_err(input)?;
     match indices.as_slice() {
         [one] => Ok(*one),
         _ => Err(input(format!(
