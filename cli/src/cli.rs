@@ -55,9 +55,12 @@ pub enum DatasetCommand {
 
 #[derive(Args)]
 pub struct DatasetBuildArgs {
-    /// The published chain's directory (chunk-*.json; index.jsonl when the agent wrote it).
+    /// The published chain's directory (chunk-*.json; index.jsonl when the agent wrote it),
+    /// or s3://bucket/prefix.
     #[arg(long)]
     pub chunk_dir: PathBuf,
+    #[command(flatten)]
+    pub s3_options: S3Options,
     /// The topic the dataset is of (or a name for a chain of a file).
     #[arg(long)]
     pub topic: String,
@@ -111,12 +114,15 @@ pub struct DatasetVerifyArgs {
     /// The dataset document.
     #[arg(long)]
     pub dataset: PathBuf,
-    /// Directory with the chunk-*.json envelopes.
+    /// Directory (or s3://bucket/prefix) with the chunk-*.json envelopes.
     #[arg(long)]
     pub chunk_dir: PathBuf,
-    /// Directory with the chunk-*.bin ciphertexts (default: the chunk directory).
+    /// Directory (or s3://bucket/prefix) with the chunk-*.bin ciphertexts (default: the
+    /// chunk directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3_options: S3Options,
     /// Check the envelopes only (no ciphertexts: before buying).
     #[arg(long, conflicts_with_all = ["data_dir", "access_dir"])]
     pub envelopes_only: bool,
@@ -139,9 +145,11 @@ pub struct DatasetProveArgs {
     /// The dataset document.
     #[arg(long)]
     pub dataset: PathBuf,
-    /// Directory with the chunk-*.json envelopes.
+    /// Directory (or s3://bucket/prefix) with the chunk-*.json envelopes.
     #[arg(long)]
     pub chunk_dir: PathBuf,
+    #[command(flatten)]
+    pub s3_options: S3Options,
     /// The chunk's index in the chain.
     #[arg(long)]
     pub index: u64,
@@ -174,9 +182,11 @@ pub struct DatasetConsistencyArgs {
     /// The newer dataset document (same chain, same first chunk, at least as long).
     #[arg(long)]
     pub new: PathBuf,
-    /// Directory with the chunk-*.json envelopes of the newer dataset.
+    /// Directory (or s3://bucket/prefix) with the chunk-*.json envelopes of the newer dataset.
     #[arg(long)]
     pub chunk_dir: PathBuf,
+    #[command(flatten)]
+    pub s3_options: S3Options,
     /// Where to write the proof (default: stdout).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -203,9 +213,11 @@ pub struct DatasetSampleArgs {
     /// The dataset document.
     #[arg(long)]
     pub dataset: PathBuf,
-    /// Directory with the chain (chunk-*.json and chunk-*.bin).
+    /// Directory (or s3://bucket/prefix) with the chain (chunk-*.json and chunk-*.bin).
     #[arg(long)]
     pub chunk_dir: PathBuf,
+    #[command(flatten)]
+    pub s3_options: S3Options,
     /// The sample chunk's index in the chain.
     #[arg(long)]
     pub index: u64,

@@ -505,3 +505,31 @@ def test_large_objects_go_up_in_parts(s3, keys, tmp_path):
     assert result["delivery"]["bytes"] > 20 * 1024 * 1024
     assert buyer_consumes(ref, keys, result["delivery"]["download_url"], tmp_path, "ref").read_bytes() == \
         big.read_bytes()
+
+
+def test_datasets_of_a_chain_in_s3(s3, keys, source, tmp_path):
+    """A chain published by the reference into S3 is listed, verified, proven and sampled
+    from s3:// without a local copy; the root is the one of the same chain read locally."""
+    env = s3.env()
+    where = f"s3://{BUCKET}/datasets/ref"
+    ref("-q", *publish_args(keys, source, tmp_path / "ref", 50_000), "--s3", where, env=env, cwd=tmp_path)
+    signer = ["--signing-key-file", keys.path("identity.key"), "--did", keys.did]
+    ours("-q", "dataset", "build", "--chunk-dir", where, "--topic", "file", "--from-index", "2", "--to-index", "9",
+         *signer, "--output", str(tmp_path / "ds.json"), env=env)
+    ours("-q", "dataset", "build", "--chunk-dir", str(tmp_path / "ref"), "--topic", "file", "--from-index", "2",
+         "--to-index", "9", *signer, "--output", str(tmp_path / "local.json"))
+    doc = json.loads((tmp_path / "ds.json").read_text())
+    assert doc["merkleRoot"] == json.loads((tmp_path / "local.json").read_text())["merkleRoot"]
+    assert "timeRange" not in doc  # a file's bytes, not packages
+    for extra in ([], ["--envelopes-only"]):
+        ours("-q", "dataset", "verify", "--dataset", str(tmp_path / "ds.json"), "--chunk-dir", where, *extra, env=env)
+    ours("-q", "dataset", "prove", "--dataset", str(tmp_path / "ds.json"), "--chunk-dir", where, "--index", "4",
+         "--output", str(tmp_path / "proof.json"), env=env)
+    ours("-q", "dataset", "verify-proof", "--dataset", str(tmp_path / "ds.json"), "--proof", str(tmp_path / "proof.json"),
+         "--chunk", str(tmp_path / "ref" / "chunk-4.json"))
+    ours("-q", "dataset", "sample", "--dataset", str(tmp_path / "ds.json"), "--chunk-dir", where, "--index", "4",
+         "--buyer-public-key", keys.text("buyer.pub"), "--buyer-id", "b-1", "--owner-private-key-file",
+         keys.path("owner.key"), "--output-dir", str(tmp_path / "sample"), env=env)
+    ours("-q", "dataset", "verify-sample", "--sample-dir", str(tmp_path / "sample"), "--buyer-key-file",
+         keys.path("buyer.key"), "--buyer-id", "b-1", "--output", str(tmp_path / "sample.bin"))
+    assert (tmp_path / "sample.bin").read_bytes() == source.read_bytes()[4 * 50_000:5 * 50_000]

@@ -15,6 +15,8 @@ use super::read::for_each_envelope;
 use super::{failed, read_envelope, read_file, write_file};
 use crate::cli::DatasetBuildArgs;
 use crate::output::{check, input, print_json, CliError, CliResult, Output};
+use crate::s3::LocalChain;
+use store::fetch::Fetch;
 
 /// Where the packages' times come from.
 enum Spans {
@@ -114,10 +116,18 @@ fn signer(args: &DatasetBuildArgs) -> Result<Box<dyn DatasetSigner>, CliError> {
 }
 
 pub fn run(args: DatasetBuildArgs, out: &Output) -> CliResult {
-    let dir = args.chunk_dir.as_path();
     if args.topic.trim().is_empty() {
         return Err(CliError::Input("--topic must not be empty".into()));
     }
+    // A chain in S3: its envelopes (and, to read the packages' times, its ciphertexts)
+    // in a private temporary copy.
+    let what = if args.recipient_key_file.is_some() {
+        Fetch::Everything
+    } else {
+        Fetch::Envelopes
+    };
+    let chain = LocalChain::open("--chunk-dir", &args.chunk_dir, what, &args.s3_options)?;
+    let dir = chain.dir();
     let terms = args
         .terms
         .as_deref()

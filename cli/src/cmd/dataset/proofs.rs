@@ -9,6 +9,8 @@ use crate::cli::{
     DatasetConsistencyArgs, DatasetProveArgs, DatasetVerifyConsistencyArgs, DatasetVerifyProofArgs,
 };
 use crate::output::{input, print_json, CliResult, Output};
+use crate::s3::LocalChain;
+use store::fetch::Fetch;
 
 fn proof_failure(path: &std::path::Path, e: stream::dataset::DatasetError) -> DatasetFailure {
     DatasetFailure {
@@ -22,9 +24,15 @@ pub fn prove(args: DatasetProveArgs, out: &Output) -> CliResult {
     let fail = |f| failed(false, "dataset prove", f);
     let doc = read_document(&args.dataset).map_err(fail)?;
     dataset::check_document(&doc).map_err(fail)?;
-    let chunk = read_envelope(&args.chunk_dir, args.index)?
-        .ok_or_else(|| fail(super::missing(&args.chunk_dir, args.index)))?;
-    let leaves = range_leaves(&doc, &args.chunk_dir).map_err(fail)?;
+    let chain = LocalChain::open(
+        "--chunk-dir",
+        &args.chunk_dir,
+        Fetch::Envelopes,
+        &args.s3_options,
+    )?;
+    let chunk = read_envelope(chain.dir(), args.index)?
+        .ok_or_else(|| fail(super::missing(chain.dir(), args.index)))?;
+    let leaves = range_leaves(&doc, chain.dir()).map_err(fail)?;
     let proof = dataset::make_inclusion(&doc, &leaves, &chunk).map_err(fail)?;
     write_or_print(
         args.output.as_deref(),
@@ -71,7 +79,13 @@ pub fn consistency(args: DatasetConsistencyArgs, out: &Output) -> CliResult {
     let new = read_document(&args.new).map_err(fail)?;
     dataset::check_document(&old).map_err(fail)?;
     dataset::check_document(&new).map_err(fail)?;
-    let leaves = range_leaves(&new, &args.chunk_dir).map_err(fail)?;
+    let chain = LocalChain::open(
+        "--chunk-dir",
+        &args.chunk_dir,
+        Fetch::Envelopes,
+        &args.s3_options,
+    )?;
+    let leaves = range_leaves(&new, chain.dir()).map_err(fail)?;
     let proof = dataset::make_consistency(&old, &new, &leaves).map_err(fail)?;
     write_or_print(
         args.output.as_deref(),

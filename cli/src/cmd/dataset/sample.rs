@@ -15,6 +15,8 @@ use stream::layout::{self, Durability};
 use super::{failed, range_leaves, read_document, read_envelope, read_file, write_file};
 use crate::cli::{DatasetSampleArgs, DatasetVerifySampleArgs};
 use crate::output::{check, input, print_json, CliError, CliResult, Output};
+use crate::s3::LocalChain;
+use store::fetch::Fetch;
 
 pub fn run(args: DatasetSampleArgs, out: &Output) -> CliResult {
     let fail = |f| failed(false, "dataset sample", f);
@@ -27,9 +29,15 @@ pub fn run(args: DatasetSampleArgs, out: &Output) -> CliResult {
     let granter = super::super::granter(&args.keyd, &args.owner_private_key_file)?;
     let doc = read_document(&args.dataset).map_err(fail)?;
     dataset::check_document(&doc).map_err(fail)?;
-    let chunk = read_envelope(&args.chunk_dir, args.index)?
-        .ok_or_else(|| fail(super::missing(&args.chunk_dir, args.index)))?;
-    let data = layout::read_ciphertext(&args.chunk_dir, args.index)
+    let chain = LocalChain::open(
+        "--chunk-dir",
+        &args.chunk_dir,
+        Fetch::Everything,
+        &args.s3_options,
+    )?;
+    let chunk = read_envelope(chain.dir(), args.index)?
+        .ok_or_else(|| fail(super::missing(chain.dir(), args.index)))?;
+    let data = layout::read_ciphertext(chain.dir(), args.index)
         .map_err(input)?
         .ok_or_else(|| {
             input(format!(
@@ -37,7 +45,7 @@ pub fn run(args: DatasetSampleArgs, out: &Output) -> CliResult {
                 args.index, args.index
             ))
         })?;
-    let leaves = range_leaves(&doc, &args.chunk_dir).map_err(fail)?;
+    let leaves = range_leaves(&doc, chain.dir()).map_err(fail)?;
     let proof = dataset::make_inclusion(&doc, &leaves, &chunk).map_err(fail)?;
     let entries = granter
         .grant(std::slice::from_ref(&chunk), &buyer)

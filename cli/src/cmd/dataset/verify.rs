@@ -10,6 +10,8 @@ use stream::layout;
 use super::{failed, missing, read_document, read_envelope};
 use crate::cli::DatasetVerifyArgs;
 use crate::output::{input, print_json, CliResult, Output};
+use crate::s3::LocalChain;
+use store::fetch::Fetch;
 
 pub fn run(args: DatasetVerifyArgs, out: &Output) -> CliResult {
     let fail = |f: DatasetFailure| failed(args.json, "dataset verification", f);
@@ -22,8 +24,20 @@ pub fn run(args: DatasetVerifyArgs, out: &Output) -> CliResult {
     };
     let doc = read_document(&args.dataset).map_err(fail)?;
     dataset::check_document(&doc).map_err(fail)?;
-    let chunk_dir = args.chunk_dir.as_path();
-    let data_dir = args.data_dir.as_deref().unwrap_or(chunk_dir);
+    // Chains in S3: private temporary copies of what the checks read.
+    let data = args
+        .data_dir
+        .as_deref()
+        .map(|d| LocalChain::open("--data-dir", d, Fetch::Everything, &args.s3_options))
+        .transpose()?;
+    let what = if args.envelopes_only || data.is_some() {
+        Fetch::Envelopes
+    } else {
+        Fetch::Everything
+    };
+    let chain = LocalChain::open("--chunk-dir", &args.chunk_dir, what, &args.s3_options)?;
+    let chunk_dir = chain.dir();
+    let data_dir = data.as_ref().map_or(chunk_dir, |d| d.dir());
     let options = dataset::chain_options(&doc).map_err(fail)?;
     let mut check = RangeCheck::new(&doc, &options);
     let mut packages = 0u64;
