@@ -35,19 +35,22 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|e| input(format!("cannot read {what} {}: {e}", path.display())))
 }
 
-/// A dataset document, read and checked for shape. A malformed document is a failed check
-/// (`document`), named with the file.
+/// A dataset document, read and checked: its shape (a malformed document fails `document`,
+/// named with the file) and its signature (`datasetSignature`). Every command that takes a
+/// listing reads it here.
 fn read_document(path: &Path) -> Result<DatasetDocument, DatasetFailure> {
     let bytes = std::fs::read(path).map_err(|e| DatasetFailure {
         check: "document",
         index: None,
         message: format!("cannot read {}: {e}", path.display()),
     })?;
-    DatasetDocument::from_json(&bytes).map_err(|e| DatasetFailure {
+    let doc = DatasetDocument::from_json(&bytes).map_err(|e| DatasetFailure {
         check: "document",
         index: None,
         message: format!("{}: {e}", path.display()),
-    })
+    })?;
+    stream::dataset::check_document(&doc)?;
+    Ok(doc)
 }
 
 /// `dir/chunk-{index}.json`, `None` when it is not there. One that is there but is not an

@@ -23,7 +23,6 @@ fn proof_failure(path: &std::path::Path, e: stream::dataset::DatasetError) -> Da
 pub fn prove(args: DatasetProveArgs, out: &Output) -> CliResult {
     let fail = |f| failed(false, "dataset prove", f);
     let doc = read_document(&args.dataset).map_err(fail)?;
-    dataset::check_document(&doc).map_err(fail)?;
     let chain = LocalChain::open(
         "--chunk-dir",
         &args.chunk_dir,
@@ -54,7 +53,6 @@ pub fn prove(args: DatasetProveArgs, out: &Output) -> CliResult {
 pub fn verify_proof(args: DatasetVerifyProofArgs, out: &Output) -> CliResult {
     let fail = |f| failed(args.json, "proof verification", f);
     let doc = read_document(&args.dataset).map_err(fail)?;
-    dataset::check_document(&doc).map_err(fail)?;
     let proof = InclusionProof::from_json(&read_file(&args.proof, "--proof")?)
         .map_err(|e| fail(proof_failure(&args.proof, e)))?;
     let chunk = ChunkEnvelope::from_json(&read_file(&args.chunk, "--chunk")?)
@@ -77,8 +75,6 @@ pub fn consistency(args: DatasetConsistencyArgs, out: &Output) -> CliResult {
     let fail = |f| failed(false, "dataset consistency", f);
     let old = read_document(&args.old).map_err(fail)?;
     let new = read_document(&args.new).map_err(fail)?;
-    dataset::check_document(&old).map_err(fail)?;
-    dataset::check_document(&new).map_err(fail)?;
     let chain = LocalChain::open(
         "--chunk-dir",
         &args.chunk_dir,
@@ -107,8 +103,6 @@ pub fn verify_consistency(args: DatasetVerifyConsistencyArgs, out: &Output) -> C
     let fail = |f| failed(args.json, "consistency verification", f);
     let old = read_document(&args.old).map_err(fail)?;
     let new = read_document(&args.new).map_err(fail)?;
-    dataset::check_document(&old).map_err(fail)?;
-    dataset::check_document(&new).map_err(fail)?;
     let proof = ConsistencyProof::from_json(&read_file(&args.proof, "--proof")?)
         .map_err(|e| fail(proof_failure(&args.proof, e)))?;
     dataset::check_consistency(&old, &new, &proof).map_err(fail)?;

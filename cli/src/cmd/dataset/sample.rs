@@ -28,7 +28,6 @@ pub fn run(args: DatasetSampleArgs, out: &Output) -> CliResult {
         .map_err(|e| input(format!("--buyer-public-key: {}", e.reason)))?;
     let granter = super::super::granter(&args.keyd, &args.owner_private_key_file)?;
     let doc = read_document(&args.dataset).map_err(fail)?;
-    dataset::check_document(&doc).map_err(fail)?;
     let chain = LocalChain::open(
         "--chunk-dir",
         &args.chunk_dir,
@@ -110,7 +109,6 @@ pub fn verify(args: DatasetVerifySampleArgs, out: &Output) -> CliResult {
     let dir = args.sample_dir.as_path();
     let buyer_key = super::super::read_box_key(&args.buyer_key_file, "an X25519 private key")?;
     let doc = read_document(&dir.join("dataset.json")).map_err(fail)?;
-    dataset::check_document(&doc).map_err(fail)?;
     let proof_path = dir.join("proof.json");
     let proof =
         InclusionProof::from_json(&read_file(&proof_path, "the sample's proof")?).map_err(|e| {
