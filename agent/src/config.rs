@@ -228,10 +228,45 @@ struct S3Doc {
     credentials_file: Option<PathBuf>,
 }
 
+/// A NATS JetStream live feed a topic's chain is published to, chunk by chunk, once each
+/// is committed locally: subject `<subject_prefix>.<DID address>.<topic, "/" → ".">`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatsDoc {
+    /// `nats://host:port` (or `tls://`), several comma-separated.
+    url: Spanned<String>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default, alias = "subjectPrefix")]
+    subject_prefix: Option<String>,
+    /// A `.creds` file, an nkey seed or a token, readable only by the agent's user.
+    #[serde(default)]
+    credentials: Option<PathBuf>,
+    /// Copies of a stream the agent creates, in a cluster (default 1).
+    #[serde(default)]
+    replicas: Option<usize>,
+}
+
+/// One of `s3:` or `nats:`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OutputDoc {
-    s3: S3Doc,
+    #[serde(default)]
+    s3: Option<S3Doc>,
+    #[serde(default)]
+    nats: Option<NatsDoc>,
+}
+
+/// One NATS JetStream output of a topic, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsOutput {
+    /// `outputs[i].nats` or `topics[j].outputs[i].nats`: names it in logs and metrics.
+    pub name: String,
+    /// The servers, comma-separated.
+    pub url: String,
+    /// The stream, its subjects and replicas.
+    pub stream: feed::StreamSpec,
+    pub credentials: Option<PathBuf>,
 }
 
 /// How much of an uploaded chain stays on the local disk: chunks uploaded to every S3
@@ -334,6 +369,8 @@ pub struct TopicConfig {
     pub output: PathBuf,
     /// Where the chain is uploaded once committed locally (the first is its `storageRef`).
     pub uploads: Vec<S3Output>,
+    /// The live feeds the chain is published to once committed locally.
+    pub feeds: Vec<NatsOutput>,
     /// How much of the uploaded chain stays local (`None`: all of it).
     pub keep_local: Option<KeepLocal>,
     /// The spool directory of this topic.
@@ -401,6 +438,40 @@ impl AgentConfig {
             } else {
                 base.join(p)
             }
+        };
+
+        let nats_output = |here: &str, nats: &NatsDoc| -> Result<NatsOutput, ConfigError> {
+            let line = line_of(&nats.url);
+            let fail = |e: feed::FeedError| invalid(line, here, e.to_string());
+            feed::connect::server_addrs(&format!("{here}.url"), &nats.url.value).map_err(fail)?;
+            let stream = feed::StreamSpec {
+                name: nats.stream.clone().unwrap_or_else(|| "PEAQ_STREAM".into()),
+                subject_prefix: nats
+                    .subject_prefix
+                    .clone()
+                    .unwrap_or_else(|| "peaq.stream".into()),
+                replicas: nats.replicas.unwrap_or(1),
+            };
+            feed::publish::check_stream_name(&format!("{here}.stream"), &stream.name)
+                .map_err(fail)?;
+            feed::subject::check_prefix(&format!("{here}.subject_prefix"), &stream.subject_prefix)
+                .map_err(fail)?;
+            if !(1..=5).contains(&stream.replicas) {
+                return Err(invalid(
+                    line,
+                    &format!("{here}.replicas"),
+                    format!(
+                        "{} is not 1 to 5 (JetStream keeps at most 5 copies)",
+                        stream.replicas
+                    ),
+                ));
+            }
+            Ok(NatsOutput {
+                name: here.to_string(),
+                url: nats.url.value.clone(),
+                stream,
+                credentials: nats.credentials.as_deref().map(absolute),
+            })
         };
 
         let mut registry = Registry::shipped();
@@ -553,17 +624,40 @@ impl AgentConfig {
                 (None, None) => (None, String::new()),
             };
             let mut uploads = Vec::new();
+            let mut feeds = Vec::new();
+            let outputs_line = outputs.map_or(topic_line, line_of);
             for (n, o) in outputs.map_or(&[][..], |o| &o.value[..]).iter().enumerate() {
+                let s3 = match (&o.s3, &o.nats) {
+                    (Some(s3), None) => s3,
+                    (None, Some(nats)) => {
+                        let here = format!("{outputs_key}[{n}].nats");
+                        let output = nats_output(&here, nats)?;
+                        if feeds.iter().any(|f: &NatsOutput| {
+                            f.url == output.url && f.stream.name == output.stream.name
+                        }) {
+                            return Err(invalid(line_of(&nats.url), &here, "appears twice".into()));
+                        }
+                        feeds.push(output);
+                        continue;
+                    }
+                    _ => {
+                        return Err(invalid(
+                            outputs_line,
+                            &format!("{outputs_key}[{n}]"),
+                            "must be exactly one of `s3:` or `nats:`".into(),
+                        ))
+                    }
+                };
                 let here = format!("{outputs_key}[{n}].s3");
-                let line = line_of(&o.s3.bucket);
-                let mut prefix = o.s3.prefix.trim_start_matches('/').to_string();
+                let line = line_of(&s3.bucket);
+                let mut prefix = s3.prefix.trim_start_matches('/').to_string();
                 if !prefix.is_empty() && !prefix.ends_with('/') {
                     prefix.push('/');
                 }
-                let text = format!("s3://{}/{prefix}{slug}", o.s3.bucket.value);
+                let text = format!("s3://{}/{prefix}{slug}", s3.bucket.value);
                 let path = store::S3Path::parse(&format!("{here}.bucket/prefix"), &text)
                     .map_err(|e| invalid(line, &here, e.to_string()))?;
-                if let Some(endpoint) = &o.s3.endpoint {
+                if let Some(endpoint) = &s3.endpoint {
                     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
                         return Err(invalid(
                             line,
@@ -578,23 +672,24 @@ impl AgentConfig {
                 uploads.push(S3Output {
                     name: here,
                     path,
-                    endpoint: o.s3.endpoint.clone(),
-                    region: o.s3.region.clone(),
-                    credentials_file: o.s3.credentials_file.as_deref().map(absolute),
+                    endpoint: s3.endpoint.clone(),
+                    region: s3.region.clone(),
+                    credentials_file: s3.credentials_file.as_deref().map(absolute),
                 });
             }
             let keep_local = t.keep_local.as_ref().or(doc.keep_local.as_ref());
             if let Some(k) = keep_local {
-                if uploads.is_empty() {
+                if uploads.is_empty() && feeds.is_empty() {
                     return Err(invalid(
                         line_of(k),
                         &key("keep_local"),
-                        "drops local chunks once they are uploaded, but this topic has no S3 output".into(),
+                        "drops local chunks once every output has them, but this topic has no output".into(),
                     ));
                 }
             }
             topics.push(TopicConfig {
                 uploads,
+                feeds,
                 keep_local: keep_local.map(|k| k.value),
                 topic: name,
                 type_name: t.type_name.value,

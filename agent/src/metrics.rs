@@ -43,6 +43,10 @@ pub struct Metrics {
     pub uploaded_bytes: Family<Labels, Counter>,
     pub upload_failures: Family<Labels, Counter>,
     pub upload_last_success: Family<Labels, Gauge>,
+    pub feed_duplicates: Family<Labels, Counter>,
+    pub feed_via_object_store: Family<Labels, Counter>,
+    pub feed_reconnects: Family<Labels, Gauge>,
+    pub feed_connected: Family<Labels, Gauge>,
     /// Why uploads are degraded, if they are (a backlog that does not move).
     uploads_behind: std::sync::Mutex<Option<String>>,
     /// How keyd answered the last call: [`KEYD_UP`], [`KEYD_UNREACHABLE`], [`KEYD_REFUSES`].
@@ -180,32 +184,52 @@ impl Metrics {
             ),
             upload_backlog: metric!(
                 "upload_backlog_chunks",
-                "Committed chunks not yet uploaded to an S3 output",
+                "Committed chunks not yet sent to an output (S3 or NATS: the outbox depth)",
                 Family::default()
             ),
             upload_backlog_bytes: metric!(
                 "upload_backlog_bytes",
-                "Bytes of committed chunks not yet uploaded to an S3 output",
+                "Bytes of committed chunks not yet sent to an output",
                 Family::default()
             ),
             uploaded_chunks: metric!(
                 "uploaded_chunks",
-                "Chunks uploaded to an S3 output",
+                "Chunks sent to an output and acknowledged (stored in S3, or acked by JetStream)",
                 Family::default()
             ),
             uploaded_bytes: metric!(
                 "uploaded_bytes",
-                "Bytes uploaded to an S3 output (ciphertexts and envelopes)",
+                "Bytes sent to an output (ciphertexts and envelopes)",
                 Family::default()
             ),
             upload_failures: metric!(
                 "upload_failures",
-                "Upload attempts that failed (retried with backoff)",
+                "Attempts to send to an output that failed (retried with backoff)",
                 Family::default()
             ),
             upload_last_success: metric!(
                 "upload_last_success_timestamp_seconds",
-                "When a chunk was last uploaded to an S3 output (Unix time)",
+                "When a chunk was last sent to an output (Unix time)",
+                Family::default()
+            ),
+            feed_duplicates: metric!(
+                "feed_duplicates",
+                "Chunks JetStream already had (a re-send after a restart, dropped by Nats-Msg-Id)",
+                Family::default()
+            ),
+            feed_via_object_store: metric!(
+                "feed_object_store_chunks",
+                "Chunks larger than the server's max_payload, sent through the JetStream object store",
+                Family::default()
+            ),
+            feed_reconnects: metric!(
+                "feed_reconnects",
+                "Reconnections to a NATS output since the agent started",
+                Family::default()
+            ),
+            feed_connected: metric!(
+                "feed_connected",
+                "1 while a NATS output is connected",
                 Family::default()
             ),
             uploads_behind: std::sync::Mutex::new(None),

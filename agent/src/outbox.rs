@@ -1,14 +1,18 @@
-//! Uploads: every committed chunk of a topic to each of its S3 outputs, from a durable
-//! outbox, on a thread of its own (the capture and signing paths never wait for it).
+//! The outbox: every committed chunk of a topic to each of its outputs (S3 buckets, NATS
+//! JetStream feeds), on a thread of its own (the capture and signing paths never wait for
+//! it).
 //!
 //! The outbox is the published directory itself plus, per output, a position file in the
-//! spool (`upload-<id>.pos`: the next chunk index to upload, written atomically after both
-//! of a chunk's objects are up). Only committed chunks are read (below the spool's commit
-//! count), and committed chunk files never change, so after `kill -9`, an S3 outage or a
-//! full disk the upload resumes from the position and sends the same bytes: an object
-//! already there with those bytes counts as uploaded, one with other bytes is never
-//! overwritten (a conflict, reported). `manifest.json`, the chain's head, goes up only when
-//! every chunk it names is up.
+//! spool (`upload-<id>.pos` or `feed-<id>.pos`: the next chunk index to send, written
+//! atomically once the output has the chunk). Only committed chunks are read (below the
+//! spool's commit count), and committed chunk files never change, so after `kill -9`, an
+//! outage or a full disk the output resumes from the position and sends the same bytes.
+//! S3: an object already there with those bytes counts as uploaded, one with other bytes is
+//! never overwritten (a conflict, reported). NATS: a chunk is one message with
+//! `Nats-Msg-Id` = its `chunkId`, so JetStream drops a re-send; the position moves only
+//! once JetStream acknowledged it, and on connecting the last chunk on the subject moves it
+//! on (a re-send after the duplicate window is not sent at all). `manifest.json`, the
+//! chain's head, goes out only when every chunk it names is out.
 //!
 //! Retention (`keep_local`): chunks uploaded to every output may then be deleted locally,
 //! oldest first, beyond a size or an age; the newest chunk always stays (the spool resumes
@@ -24,7 +28,7 @@ use sha2::{Digest, Sha256};
 use store::{Credentials, Patience, PutOnce, S3Bucket, S3Path, S3Settings, StoreError};
 use stream::layout::{self, ChunkFile, Durability};
 
-use crate::config::{AgentConfig, KeepLocal};
+use crate::config::{AgentConfig, KeepLocal, NatsOutput};
 use crate::metrics::{self, Metrics};
 use crate::spool::TopicSpool;
 
@@ -42,6 +46,15 @@ pub enum OutboxError {
     Position { path: String, reason: String },
 }
 
+/// Why sending to an output failed (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Feed(#[from] feed::FeedError),
+}
+
 /// How long a finishing agent keeps uploading what its last chunks left behind.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
 /// Backoff between failed attempts, per output.
@@ -53,10 +66,27 @@ const STALLED_AFTER: Duration = Duration::from_secs(10);
 /// succeed but fall behind what capture makes) makes `/health` say degraded too.
 const GROWING_AFTER: Duration = Duration::from_secs(30);
 
+/// Where an output's chunks go.
+enum Sink {
+    S3 { bucket: S3Bucket, path: S3Path },
+    Nats(Box<NatsSink>),
+}
+
+/// A NATS output: connected on first use, reconnecting on its own after.
+struct NatsSink {
+    output: NatsOutput,
+    connection: Option<(feed::Connection, feed::FeedStream)>,
+    /// The chain's subject, from its envelopes' `machineDid` and the topic.
+    subject: Option<String>,
+    /// Whether the position was compared with the subject's last chunk since connecting.
+    head_checked: bool,
+}
+
 struct Target {
     name: String,
-    bucket: S3Bucket,
-    path: S3Path,
+    sink: Sink,
+    /// Where it goes, for logs and `/health`.
+    place: String,
     position_file: PathBuf,
     /// The next chunk index to upload.
     next: u64,
@@ -94,6 +124,19 @@ fn position_name(bucket: &str, path: &S3Path, endpoint: Option<&str>) -> String 
     format!("upload-{}.pos", &hex::encode(id.finalize())[..16])
 }
 
+fn feed_position_name(output: &NatsOutput) -> String {
+    let mut id = Sha256::new();
+    for part in [
+        output.url.as_str(),
+        &output.stream.name,
+        &output.stream.subject_prefix,
+    ] {
+        id.update(part.as_bytes());
+        id.update([0]);
+    }
+    format!("feed-{}.pos", &hex::encode(id.finalize())[..16])
+}
+
 fn read_position(path: &Path) -> Result<u64, OutboxError> {
     match std::fs::read_to_string(path) {
         Ok(text) => text.trim().parse().map_err(|_| OutboxError::Position {
@@ -112,7 +155,7 @@ fn read_position(path: &Path) -> Result<u64, OutboxError> {
 pub fn open(config: &AgentConfig, spools: &[TopicSpool]) -> Result<Vec<TopicUploads>, OutboxError> {
     let mut all = Vec::new();
     for (topic, spool) in config.topics.iter().zip(spools) {
-        if topic.uploads.is_empty() {
+        if topic.uploads.is_empty() && topic.feeds.is_empty() {
             continue;
         }
         let mut targets = Vec::new();
@@ -144,8 +187,35 @@ pub fn open(config: &AgentConfig, spools: &[TopicSpool]) -> Result<Vec<TopicUplo
             let next = read_position(&position_file)?;
             targets.push(Target {
                 name: output.name.clone(),
-                bucket,
-                path: output.path.clone(),
+                sink: Sink::S3 {
+                    bucket,
+                    path: output.path.clone(),
+                },
+                place: output.path.to_string(),
+                position_file,
+                next,
+                manifest_at: None,
+                backlog_bytes: 0,
+                sized_upto: next,
+                backoff: BACKOFF_MIN,
+                retry_at: Instant::now(),
+                failing_since: None,
+                growing_since: None,
+                last_error: None,
+            });
+        }
+        for output in &topic.feeds {
+            let position_file = topic.spool.join(feed_position_name(output));
+            let next = read_position(&position_file)?;
+            targets.push(Target {
+                name: output.name.clone(),
+                sink: Sink::Nats(Box::new(NatsSink {
+                    output: output.clone(),
+                    connection: None,
+                    subject: None,
+                    head_checked: false,
+                })),
+                place: format!("nats {} stream {}", output.url, output.stream.name),
                 position_file,
                 next,
                 manifest_at: None,
@@ -184,7 +254,9 @@ pub fn run(
     stop: &AtomicBool,
     finish: &AtomicBool,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // One worker: the NATS clients' connection tasks (pings, reconnects) run between steps.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
@@ -219,7 +291,7 @@ pub fn run(
                             .inc();
                         let message = e.to_string();
                         if target.last_error.as_deref() != Some(message.as_str()) {
-                            tracing::warn!(topic = %topic.topic, output = %target.name, to = %target.path, error = %message, "upload failed; retrying with backoff");
+                            tracing::warn!(topic = %topic.topic, output = %target.name, to = %target.place, error = %message, "sending failed; retrying with backoff");
                         }
                         target.last_error = Some(message);
                         target.failing_since.get_or_insert_with(Instant::now);
@@ -240,6 +312,17 @@ pub fn run(
                     .set(target.backlog_bytes as i64);
                 if backlog == 0 {
                     target.failing_since = None;
+                }
+                if let Sink::Nats(nats) = &target.sink {
+                    let (reconnects, connected) = nats.connection_state().unwrap_or((0, false));
+                    metrics
+                        .feed_reconnects
+                        .get_or_create(&labels)
+                        .set(reconnects as i64);
+                    metrics
+                        .feed_connected
+                        .get_or_create(&labels)
+                        .set(i64::from(connected));
                 }
                 target.growing_since = growing(target.growing_since, backlog, Instant::now());
             }
@@ -306,7 +389,7 @@ fn behind(topics: &[TopicUploads]) -> Option<String> {
                 return Some(format!(
                     "degraded: uploads of {} to {} are {backlog} chunks behind and failing for {} s ({})",
                     t.topic,
-                    x.path,
+                    x.place,
                     since.elapsed().as_secs(),
                     x.last_error.as_deref().unwrap_or("")
                 ));
@@ -315,57 +398,46 @@ fn behind(topics: &[TopicUploads]) -> Option<String> {
             Some(format!(
                 "degraded: uploads of {} to {} are {backlog} chunks behind, not catching up for {} s",
                 t.topic,
-                x.path,
+                x.place,
                 since.elapsed().as_secs()
             ))
         })
     })
 }
 
-/// One object up, or the manifest, or nothing to do.
+/// One chunk out, or the manifest, or nothing to do.
 async fn step(
     topic: &str,
     dir: &Path,
     committed: u64,
     target: &mut Target,
     metrics: &Metrics,
-) -> Result<Step, StoreError> {
+) -> Result<Step, SendError> {
+    if let Sink::Nats(nats) = &mut target.sink {
+        if let Some(moved) = nats.check_head(topic, dir, committed, target.next).await? {
+            write_position(&target.position_file, moved)?;
+            target.next = moved;
+            target.backlog_bytes = 0;
+            target.sized_upto = moved;
+            return Ok(Step::Progress);
+        }
+    }
     if target.next < committed {
         let index = target.next;
-        let mut bytes = 0u64;
-        for name in [format!("chunk-{index}.bin"), format!("chunk-{index}.json")] {
-            let local = dir.join(&name);
-            let body = match tokio::fs::read(&local).await {
-                Ok(b) => Bytes::from(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // Dropped by retention before this output was configured: nothing to
-                    // send any more. Said once, then passed.
-                    tracing::error!(topic, output = %target.name, %index, "chunk {name} is no longer on the local disk: this output will not have it");
-                    continue;
-                }
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        path: local.display().to_string(),
-                        source,
-                    })
-                }
-            };
-            bytes += body.len() as u64;
-            let key = target.path.key(&name);
-            if target.bucket.put_once(&key, body).await? == PutOnce::AlreadyThere {
-                tracing::info!(topic, output = %target.name, object = %target.path.uri(&name), "already uploaded (an upload before a restart)");
+        let bytes = match read_chunk(dir, index).await? {
+            Some((envelope, ciphertext)) => {
+                let bytes = (envelope.len() + ciphertext.len()) as u64;
+                send_chunk(topic, target, index, envelope, ciphertext, metrics).await?;
+                bytes
             }
-        }
-        // Both objects are up: the position moves (atomically, synced).
-        stream::fsio::write_atomic(
-            &target.position_file,
-            format!("{}\n", index + 1).as_bytes(),
-            Durability::Synced,
-        )
-        .map_err(|source| StoreError::Io {
-            path: target.position_file.display().to_string(),
-            source,
-        })?;
+            None => {
+                // Dropped by retention before this output was configured: nothing to
+                // send any more. Said once, then passed.
+                tracing::error!(topic, output = %target.name, %index, "chunk {index} is no longer on the local disk: this output will not have it");
+                0
+            }
+        };
+        write_position(&target.position_file, index + 1)?;
         target.next = index + 1;
         if target.sized_upto > index {
             target.backlog_bytes = target.backlog_bytes.saturating_sub(bytes);
@@ -382,29 +454,263 @@ async fn step(
         return Ok(Step::Progress);
     }
     if committed > 0 && target.manifest_at != Some(committed) {
-        // The head, only when it names exactly what is up.
-        let Some(manifest) = layout::read_manifest(dir).map_err(|e| StoreError::Invalid {
-            what: dir.join("manifest.json").display().to_string(),
-            reason: e.to_string(),
-        })?
-        else {
-            return Ok(Step::Idle);
+        // The head, only when it names exactly what is out.
+        let path = dir.join("manifest.json");
+        let text = match tokio::fs::read(&path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Step::Idle),
+            Err(source) => return Err(io_error(&path, source)),
         };
+        let manifest = parse_manifest(&text).map_err(|reason| StoreError::Invalid {
+            what: path.display().to_string(),
+            reason,
+        })?;
         if manifest.total_chunks != committed {
             return Ok(Step::Idle);
         }
-        target
-            .bucket
-            .put(
-                &target.path.key("manifest.json"),
-                Bytes::from(manifest.to_file_text()),
-                None,
-            )
-            .await?;
+        match &mut target.sink {
+            Sink::S3 { bucket, path } => {
+                bucket
+                    .put(
+                        &path.key("manifest.json"),
+                        Bytes::from(manifest.to_file_text()),
+                        None,
+                    )
+                    .await?;
+            }
+            Sink::Nats(nats) => {
+                let head = dir.join(format!("chunk-{}.json", committed - 1));
+                let envelope = tokio::fs::read(&head)
+                    .await
+                    .map_err(|source| io_error(&head, source))?;
+                nats.publish_manifest(topic, &envelope, &text).await?;
+            }
+        }
         target.manifest_at = Some(committed);
         return Ok(Step::Progress);
     }
     Ok(Step::Idle)
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> SendError {
+    SendError::Store(StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn parse_manifest(text: &[u8]) -> Result<layout::Manifest, String> {
+    let value = stream::json::parse_slice(text).map_err(|e| e.to_string())?;
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// The position moves (atomically, synced).
+fn write_position(path: &Path, next: u64) -> Result<(), SendError> {
+    stream::fsio::write_atomic(path, format!("{next}\n").as_bytes(), Durability::Synced)
+        .map_err(|source| io_error(path, source))
+}
+
+/// A committed chunk's two files, `None` when they are gone (retention).
+async fn read_chunk(dir: &Path, index: u64) -> Result<Option<(Bytes, Bytes)>, SendError> {
+    let mut files = Vec::with_capacity(2);
+    for name in [format!("chunk-{index}.json"), format!("chunk-{index}.bin")] {
+        let path = dir.join(name);
+        match tokio::fs::read(&path).await {
+            Ok(b) => files.push(Bytes::from(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io_error(&path, source)),
+        }
+    }
+    let ciphertext = files.pop().unwrap_or_default();
+    let envelope = files.pop().unwrap_or_default();
+    Ok(Some((envelope, ciphertext)))
+}
+
+/// Sends one chunk: to S3, its two objects (ciphertext first); to NATS, one message,
+/// acknowledged.
+async fn send_chunk(
+    topic: &str,
+    target: &mut Target,
+    index: u64,
+    envelope: Bytes,
+    ciphertext: Bytes,
+    metrics: &Metrics,
+) -> Result<(), SendError> {
+    match &mut target.sink {
+        Sink::S3 { bucket, path } => {
+            for (name, body) in [
+                (format!("chunk-{index}.bin"), ciphertext),
+                (format!("chunk-{index}.json"), envelope),
+            ] {
+                if bucket.put_once(&path.key(&name), body).await? == PutOnce::AlreadyThere {
+                    tracing::info!(topic, output = %target.name, object = %path.uri(&name), "already uploaded (an upload before a restart)");
+                }
+            }
+        }
+        Sink::Nats(nats) => {
+            let acked = nats.publish_chunk(topic, envelope, ciphertext).await?;
+            let labels = metrics::upload(topic, &target.name);
+            if acked.duplicate {
+                metrics.feed_duplicates.get_or_create(&labels).inc();
+                tracing::info!(topic, output = %target.name, index, "JetStream had this chunk already (a send before a restart)");
+            }
+            if acked.via_object_store {
+                metrics.feed_via_object_store.get_or_create(&labels).inc();
+            }
+        }
+    }
+    Ok(())
+}
+
+impl NatsSink {
+    /// The stream, connecting first if need be.
+    async fn stream(&mut self) -> Result<&mut feed::FeedStream, SendError> {
+        if self.connection.is_none() {
+            let settings = feed::FeedSettings {
+                urls: self.output.url.clone(),
+                credentials: self.output.credentials.clone(),
+                name: "edge-agent".into(),
+            };
+            let connection =
+                feed::connect::connect(&settings, &format!("{}.url", self.output.name)).await?;
+            let stream =
+                feed::FeedStream::open(&connection.client, &self.output.stream, true).await?;
+            self.connection = Some((connection, stream));
+            self.head_checked = false;
+        }
+        let (_, stream) = self.connection.as_mut().expect("connected above");
+        Ok(stream)
+    }
+
+    /// The chain's subject, from an envelope's `machineDid`.
+    fn subject(&mut self, topic: &str, envelope: &[u8]) -> Result<String, SendError> {
+        if let Some(subject) = &self.subject {
+            return Ok(subject.clone());
+        }
+        let envelope = stream::chain::ChunkEnvelope::from_json(envelope)
+            .map_err(|e| feed::FeedError::from(feed::MessageError::Envelope(e.to_string())))?;
+        let subject = feed::ChainSubject::new(
+            &self.output.stream.subject_prefix,
+            &envelope.signature.machine_did,
+            topic,
+        )?
+        .subject();
+        self.subject = Some(subject.clone());
+        Ok(subject)
+    }
+
+    /// Once per connection: compares the position with the subject's last chunk. `Some`
+    /// moves the position: on, when the stream has chunks the position does not count (a
+    /// crash between JetStream's acknowledgement and the position's write), or back, when
+    /// the stream lost chunks it had (recreated, or a server lost its disk) that are still
+    /// on the local disk. A subject whose last chunk is not ours is refused (another chain
+    /// publishes there).
+    async fn check_head(
+        &mut self,
+        topic: &str,
+        dir: &Path,
+        committed: u64,
+        next: u64,
+    ) -> Result<Option<u64>, SendError> {
+        if self.head_checked || committed == 0 {
+            return Ok(None);
+        }
+        let newest = dir.join(format!("chunk-{}.json", committed - 1));
+        let envelope = tokio::fs::read(&newest)
+            .await
+            .map_err(|source| io_error(&newest, source))?;
+        let subject = self.subject(topic, &envelope)?;
+        let head = self.stream().await?.head(&subject).await?;
+        let local_id = |index: u64| {
+            let path = dir.join(format!("chunk-{index}.json"));
+            std::fs::read(&path)
+                .ok()
+                .and_then(|b| stream::chain::ChunkEnvelope::from_json(&b).ok())
+                .map(|e| e.chunk_id)
+        };
+        let moved = match head {
+            None if next > 0 && local_id(0).is_some() => {
+                tracing::warn!(topic, output = %self.output.name, %subject, "the stream holds none of this chain: sending it again from chunk 0");
+                Some(0)
+            }
+            None => None,
+            Some(head) => {
+                match local_id(head.index) {
+                    Some(id) if id == head.chunk_id => {}
+                    Some(id) => {
+                        return Err(feed::FeedError::Setting {
+                            what: subject.clone(),
+                            reason: format!(
+                                "holds another chain: its chunk {} is {}, this agent's is {id}; nothing more is sent there",
+                                head.index, head.chunk_id
+                            ),
+                        }
+                        .into())
+                    }
+                    None if head.index >= committed => {
+                        return Err(feed::FeedError::Setting {
+                            what: subject.clone(),
+                            reason: format!(
+                                "holds chunk {} of this machine's topic, beyond the {committed} chunks this agent has: nothing more is sent there",
+                                head.index
+                            ),
+                        }
+                        .into())
+                    }
+                    None => {}
+                }
+                let after = head.index + 1;
+                if after > next {
+                    tracing::info!(topic, output = %self.output.name, %subject, from = next, to = after, "the stream has chunks the position did not count (sent before a crash): moving on");
+                    Some(after)
+                } else if after < next && local_id(after).is_some() {
+                    tracing::warn!(topic, output = %self.output.name, %subject, from = after, "the stream lost chunks it had: sending them again");
+                    Some(after)
+                } else {
+                    None
+                }
+            }
+        };
+        self.head_checked = true;
+        Ok(moved)
+    }
+
+    async fn publish_chunk(
+        &mut self,
+        topic: &str,
+        envelope: Bytes,
+        ciphertext: Bytes,
+    ) -> Result<feed::publish::Acked, SendError> {
+        let subject = self.subject(topic, &envelope)?;
+        let stream = self.stream().await?;
+        Ok(stream.publish_chunk(&subject, envelope, ciphertext).await?)
+    }
+
+    async fn publish_manifest(
+        &mut self,
+        topic: &str,
+        head_envelope: &[u8],
+        text: &[u8],
+    ) -> Result<(), SendError> {
+        let subject = self.subject(topic, head_envelope)?;
+        let head = stream::chain::ChunkEnvelope::from_json(head_envelope)
+            .map_err(|e| feed::FeedError::from(feed::MessageError::Envelope(e.to_string())))?;
+        let stream = self.stream().await?;
+        stream
+            .publish_manifest(&subject, text, &head.chunk_id)
+            .await?;
+        Ok(())
+    }
+
+    /// Connection state for the metrics.
+    fn connection_state(&self) -> Option<(u64, bool)> {
+        self.connection.as_ref().map(|(c, _)| {
+            (
+                c.reconnects.load(Ordering::Relaxed),
+                c.connected.load(Ordering::Relaxed),
+            )
+        })
+    }
 }
 
 fn unix_now() -> i64 {

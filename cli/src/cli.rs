@@ -273,6 +273,58 @@ pub enum StreamCommand {
     Sign(SignArgs),
     /// Verify signed data packages (one JSON document per line).
     VerifyPackages(VerifyPackagesArgs),
+    /// Follow a machine's topic live on NATS JetStream: every chunk verified, then written
+    /// into the published layout, then acknowledged.
+    Follow(FollowArgs),
+}
+
+#[derive(Args)]
+pub struct FollowArgs {
+    /// The NATS servers: nats://host:port or tls://host:port, comma-separated.
+    #[arg(long, value_name = "URL")]
+    pub nats: String,
+    /// The machine whose chain to follow (did:peaq:0x…). With --follow-all: only its topics.
+    #[arg(long, required_unless_present = "follow_all")]
+    pub did: Option<String>,
+    /// The topic to follow (/robot/imu).
+    #[arg(
+        long,
+        required_unless_present = "follow_all",
+        conflicts_with = "follow_all"
+    )]
+    pub topic: Option<String>,
+    /// Where to write the chain (chunk-N.json, chunk-N.bin, manifest.json); with
+    /// --follow-all, one directory per machine and topic under it: <address>/<topic>.
+    #[arg(long)]
+    pub output_dir: PathBuf,
+    /// Every chunk must be signed by this Ed25519 public key (hex); without it, by the
+    /// signer of the first chunk written.
+    #[arg(long, conflicts_with = "follow_all")]
+    pub expect_public_key: Option<String>,
+    /// A durable consumer of this name: the server remembers what was acknowledged, and a
+    /// restart resumes there (else an ephemeral consumer reads the stream again and skips
+    /// what the directory has).
+    #[arg(long, value_name = "NAME")]
+    pub durable: Option<String>,
+    /// An empty directory starts at chunk 0 (the whole retained chain); without it, at the
+    /// newest chunk (live).
+    #[arg(long)]
+    pub from_start: bool,
+    /// Follow every machine and topic under the subject prefix (or every topic of --did).
+    #[arg(long)]
+    pub follow_all: bool,
+    /// The JetStream stream.
+    #[arg(long, default_value = "PEAQ_STREAM")]
+    pub stream: String,
+    /// The subjects' prefix.
+    #[arg(long, default_value = "peaq.stream")]
+    pub subject_prefix: String,
+    /// A NATS .creds file, nkey seed file or token file (readable only by you).
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// One JSON line per chunk written on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

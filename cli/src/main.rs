@@ -26,6 +26,7 @@ fn main() {
         cli::Command::Stream(cli::StreamCommand::VerifyPackages(a)) => {
             cmd::verify_packages::run(a, &out)
         }
+        cli::Command::Stream(cli::StreamCommand::Follow(a)) => cmd::follow::run(a, &out),
         cli::Command::Dataset(c) => cmd::dataset::run(c, &out),
         cli::Command::Keys(cli::KeysCommand::Generate(a)) => cmd::keys::run(a, &out),
     };

@@ -3,6 +3,7 @@
 pub mod consume;
 pub mod dataset;
 pub mod distribute;
+pub mod follow;
 pub mod grant;
 pub mod keys;
 pub mod publish;

@@ -492,6 +492,11 @@ impl SignatureVerdict {
         self.valid
     }
 
+    /// The signer's public key, when its hex reads as one (valid signature or not).
+    pub fn public_key(&self) -> Option<[u8; 32]> {
+        self.public_key
+    }
+
     fn matches(&self, chunk: &ChunkEnvelope) -> bool {
         self.encrypted_data_hash == chunk.encrypted_data_hash
             && self.public_key_hex == chunk.signature.public_key_hex
