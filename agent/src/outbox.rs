@@ -562,6 +562,20 @@ async fn send_chunk(
     Ok(())
 }
 
+/// Whether `head` is a chunk validly signed by the key that signed `ours` (not a
+/// manifest: no one signs those; the agent sends one only once its position is past it).
+fn signed_like(
+    head: Option<&stream::chain::ChunkEnvelope>,
+    ours: &stream::chain::ChunkEnvelope,
+) -> bool {
+    let Some(head) = head else {
+        return false;
+    };
+    let verdict = stream::chain::SignatureVerdict::of(head);
+    let key = stream::chain::SignatureVerdict::of(ours).public_key();
+    verdict.valid() && verdict.public_key().is_some() && verdict.public_key() == key
+}
+
 impl NatsSink {
     /// The stream, connecting first if need be.
     async fn stream(&mut self) -> Result<&mut feed::FeedStream, SendError> {
@@ -628,12 +642,22 @@ impl NatsSink {
                 .and_then(|b| stream::chain::ChunkEnvelope::from_json(&b).ok())
                 .map(|e| e.chunk_id)
         };
+        let ours = stream::chain::ChunkEnvelope::from_json(&envelope)
+            .map_err(|e| feed::FeedError::from(feed::MessageError::Envelope(e.to_string())))?;
         let moved = match head {
             None if next > 0 && local_id(0).is_some() => {
                 tracing::warn!(topic, output = %self.output.name, %subject, "the stream holds none of this chain: sending it again from chunk 0");
                 Some(0)
             }
             None => None,
+            // Anyone allowed to publish on the subject may have put something last: only a
+            // chunk this machine's key signed says where its chain is.
+            Some(head) if !signed_like(head.envelope.as_ref(), &ours) => {
+                if local_id(head.index).as_deref() != Some(head.chunk_id.as_str()) {
+                    tracing::warn!(topic, output = %self.output.name, %subject, index = head.index, "the subject's last message is not of this agent's chain: ignored (followers refuse it)");
+                }
+                None
+            }
             Some(head) => {
                 match local_id(head.index) {
                     Some(id) if id == head.chunk_id => {}
@@ -641,7 +665,7 @@ impl NatsSink {
                         return Err(feed::FeedError::Setting {
                             what: subject.clone(),
                             reason: format!(
-                                "holds another chain: its chunk {} is {}, this agent's is {id}; nothing more is sent there",
+                                "holds another chain signed by this machine's key: its chunk {} is {}, this agent's is {id}; nothing more is sent there",
                                 head.index, head.chunk_id
                             ),
                         }
@@ -651,7 +675,7 @@ impl NatsSink {
                         return Err(feed::FeedError::Setting {
                             what: subject.clone(),
                             reason: format!(
-                                "holds chunk {} of this machine's topic, beyond the {committed} chunks this agent has: nothing more is sent there",
+                                "holds chunk {} signed by this machine's key, beyond the {committed} chunks this agent has (a spool restored or wiped?): nothing more is sent there",
                                 head.index
                             ),
                         }

@@ -322,6 +322,11 @@ pub struct FollowArgs {
     /// A NATS .creds file, nkey seed file or token file (readable only by you).
     #[arg(long)]
     pub credentials: Option<PathBuf>,
+    /// A forged or unreadable message (a foreign signer, another machine, a damaged chunk)
+    /// is named on stderr and skipped, instead of stopping the follower; nothing of it is
+    /// written either way. A gap or a fork always stops it.
+    #[arg(long)]
+    pub skip_forged: bool,
     /// One JSON line per chunk written on stdout.
     #[arg(long)]
     pub json: bool,

@@ -14,7 +14,7 @@ use crate::FeedError;
 /// Backoff between reconnect attempts: doubling from this ...
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// ... up to this.
-const RECONNECT_MAX: Duration = Duration::from_secs(10);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Where the servers are and how to log in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -359,11 +359,13 @@ impl FollowedChain {
             return Ok(Accepted::ManifestSkipped(total));
         }
         if head_chunk_id != last_id || !self.subject.is_machine(&manifest.machine_did) {
-            return Err(Refusal::Fork {
+            // No one signs a manifest: one that names other chunks is anyone's.
+            return Err(Refusal::Foreign {
                 subject: self.subject.subject(),
                 index: total.saturating_sub(1),
-                reason: format!(
-                    "a manifest names {head_chunk_id} of {} as chunk {}, this directory has {last_id}",
+                check: "manifest",
+                failure: format!(
+                    "a manifest of {} names {head_chunk_id} as chunk {}, this directory has {last_id}",
                     manifest.machine_did,
                     total.saturating_sub(1)
                 ),

@@ -50,6 +50,9 @@ pub struct Head {
     pub index: u64,
     /// Its `chunkId`.
     pub chunk_id: String,
+    /// Its envelope, when the last message is the chunk itself (not a manifest): nothing
+    /// in it is checked here.
+    pub envelope: Option<::stream::chain::ChunkEnvelope>,
 }
 
 /// An open stream.
@@ -268,7 +271,8 @@ impl FeedStream {
         Ok(match message::decode(Some(&last.headers), &last.payload)? {
             FeedMessage::Chunk(c) => Some(Head {
                 index: c.envelope.index,
-                chunk_id: c.envelope.chunk_id,
+                chunk_id: c.envelope.chunk_id.clone(),
+                envelope: Some(c.envelope),
             }),
             FeedMessage::Manifest {
                 manifest,
@@ -277,6 +281,7 @@ impl FeedStream {
             } => manifest.total_chunks.checked_sub(1).map(|index| Head {
                 index,
                 chunk_id: head_chunk_id,
+                envelope: None,
             }),
         })
     }

@@ -18,6 +18,11 @@ use serde_json::json;
 use crate::cli::FollowArgs;
 use crate::output::{input, CliError, CliResult, Output};
 
+/// How long the stream and consumer are waited for, and the backoff in between.
+const SETUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+const SETUP_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+const SETUP_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn run(args: FollowArgs, out: &Output) -> CliResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -102,19 +107,35 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
         subject_prefix: prefix.clone(),
         replicas: 1,
     };
-    let mut stream = FeedStream::open(&connection.client, &spec, false)
-        .await
-        .map_err(network)?;
-    let mut messages = consumer(
-        &stream,
-        &ConsumerSpec {
-            filter: filter.clone(),
-            durable: args.durable.clone(),
-            deliver_all,
-        },
-    )
-    .await
-    .map_err(network)?;
+    let consumer_spec = ConsumerSpec {
+        filter: filter.clone(),
+        durable: args.durable.clone(),
+        deliver_all,
+    };
+    // A cluster electing a leader (a node just died), a stream not made yet: tried again
+    // with backoff for a minute.
+    let mut wait = SETUP_BACKOFF_MIN;
+    let started = std::time::Instant::now();
+    let (mut stream, mut messages) = loop {
+        let attempt = async {
+            let stream = FeedStream::open(&connection.client, &spec, false).await?;
+            let messages = consumer(&stream, &consumer_spec).await?;
+            Ok::<_, feed::FeedError>((stream, messages))
+        };
+        match attempt.await {
+            Ok(ready) => break ready,
+            Err(e @ feed::FeedError::Setting { .. }) => return Err(input(e)),
+            Err(e) if started.elapsed() + wait > SETUP_PATIENCE => return Err(network(e)),
+            Err(e) => {
+                warn(
+                    out,
+                    &format!("{e}; trying again in {} ms", wait.as_millis()),
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(SETUP_BACKOFF_MAX);
+            }
+        }
+    };
     out.say(format!(
         "following {filter} on {} into {}",
         args.nats,
@@ -145,15 +166,13 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
         let subject_text = message.subject.to_string();
         if !chains.contains_key(&subject_text) {
             let Some(chain) = ChainSubject::parse(&prefix, &subject_text) else {
-                let _ = message.ack_with(AckKind::Term).await;
-                return Err(CliError::Check(
-                    Refusal::Message {
-                        subject: subject_text,
-                        sequence,
-                        reason: "is not <prefix>.<DID address>.<topic>".into(),
-                    }
-                    .to_string(),
-                ));
+                let refusal = Refusal::Message {
+                    subject: subject_text,
+                    sequence,
+                    reason: "is not <prefix>.<DID address>.<topic>".into(),
+                };
+                refuse(out, &message, refusal, args.skip_forged).await?;
+                continue;
             };
             let dir = chain_dir(&args.output_dir, &chain);
             let opened =
@@ -169,12 +188,7 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
                 }
                 report(out, args.json, chain, accepted);
             }
-            Outcome::Refused(refusal) => {
-                if refusal.is_forged() {
-                    let _ = message.ack_with(AckKind::Term).await;
-                }
-                return Err(CliError::Check(refusal.to_string()));
-            }
+            Outcome::Refused(refusal) => refuse(out, &message, refusal, args.skip_forged).await?,
             Outcome::Unavailable(reason) => {
                 warn(out, &reason);
                 let _ = message
@@ -183,6 +197,27 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
             }
         }
     }
+}
+
+/// A refused message: forged ones are terminated (no one is given them again), then
+/// skipped with `--skip-forged`; anything else stops the follower.
+async fn refuse(
+    out: &Output,
+    message: &async_nats::jetstream::Message,
+    refusal: Refusal,
+    skip_forged: bool,
+) -> CliResult {
+    if !refusal.is_forged() {
+        return Err(CliError::Check(refusal.to_string()));
+    }
+    if let Err(e) = message.double_ack_with(AckKind::Term).await {
+        warn(out, &format!("terminating a refused message: {e}"));
+    }
+    if skip_forged {
+        out.say(format!("refused and skipped: {refusal}"));
+        return Ok(());
+    }
+    Err(CliError::Check(refusal.to_string()))
 }
 
 async fn handle(
