@@ -777,10 +777,43 @@ topics:
         assert!(e.contains(":16: topics[0].outputs[0].s3"), "{e}");
         let lonely = GOOD.replace("queue:\n", "keep_local: { max_age_s: 60 }\nqueue:\n");
         let e = parse(&lonely).unwrap_err().to_string();
-        assert!(
-            e.contains("keep_local") && e.contains("no S3 output"),
-            "{e}"
+        assert!(e.contains("keep_local") && e.contains("no output"), "{e}");
+    }
+
+    #[test]
+    fn nats_outputs_beside_s3_with_their_defaults_and_errors_named() {
+        let map = GOOD.replace(
+            "queue:\n",
+            "outputs:\n  - s3: { bucket: fleet }\n  - nats:\n      url: \"nats://127.0.0.1:4222, nats://127.0.0.1:4223\"\n      credentials: nats.creds\nkeep_local: { max_bytes: 1000000 }\nqueue:\n",
         );
+        let c = parse(&map).unwrap();
+        let feed = &c.topics[1].feeds[0];
+        assert_eq!(feed.name, "outputs[1].nats");
+        assert_eq!(feed.stream.name, "PEAQ_STREAM");
+        assert_eq!(feed.stream.subject_prefix, "peaq.stream");
+        assert_eq!(feed.stream.replicas, 1);
+        assert!(feed.credentials.as_ref().unwrap().is_absolute());
+        assert_eq!(c.topics[1].uploads.len(), 1);
+        let with = |output: &str| GOOD.replace("queue:\n", &format!("outputs:\n  - {output}\nqueue:\n"));
+        for (output, named) in [
+            ("nats: { url: \"http://127.0.0.1:4222\" }", "outputs[0].nats.url"),
+            ("nats: { url: \"nats://h:1\", stream: \"A.B\" }", "outputs[0].nats.stream"),
+            ("nats: { url: \"nats://h:1\", subject_prefix: \"a.*\" }", "outputs[0].nats.subject_prefix"),
+            ("nats: { url: \"nats://h:1\", replicas: 7 }", "outputs[0].nats.replicas"),
+            ("nats: { url: \"nats://h:1\", subjects: x }", "subjects"),
+            ("{ s3: { bucket: fleet }, nats: { url: \"nats://h:1\" } }", "exactly one of"),
+        ] {
+            let e = parse(&with(output)).unwrap_err().to_string();
+            assert!(e.contains(named), "{output}: {e}");
+        }
+        // A NATS output alone lets keep_local drop what it has.
+        let alone = GOOD.replace(
+            "queue:\n",
+            "outputs:\n  - nats: { url: \"nats://127.0.0.1:4222\", stream: FLEET, replicas: 3 }\nkeep_local: { max_age_s: 60 }\nqueue:\n",
+        );
+        let c = parse(&alone).unwrap();
+        assert_eq!(c.topics[0].feeds[0].stream.replicas, 3);
+        assert!(c.topics[0].uploads.is_empty());
     }
 
     #[test]

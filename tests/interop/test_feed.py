@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import time
@@ -42,10 +43,25 @@ def netns():
     ns.close()
 
 
-def feed_map(work: Path, keyd: dict, url: str, replicas: int = 1, max_age_ms: int = 500) -> Path:
+TOKEN = "feed-token-that-must-never-show"
+
+
+def token_file(work: Path, owner: int) -> Path:
+    """The server's token in a file only its user can read, as on a robot."""
+    path = work / f"nats-{owner}.token"
+    path.write_text(TOKEN + "\n")
+    os.chown(path, owner, owner)
+    path.chmod(0o600)
+    return path
+
+
+def feed_map(work: Path, keyd: dict, url: str, replicas: int = 1, max_age_ms: int = 500,
+             credentials: Path | None = None) -> Path:
     extra = (f"metrics:\n  listen: 127.0.0.1:9464\n"
              f"outputs:\n  - nats:\n      url: \"{url}\"\n      stream: PEAQ_STREAM\n"
              f"      subject_prefix: peaq.stream\n      replicas: {replicas}\n")
+    if credentials:
+        extra += f"      credentials: {credentials}\n"
     return write_map(work, keyd["socket"], f"""\
   - topic: /count
     type: std_msgs/msg/String
@@ -58,14 +74,25 @@ class Follower:
     """`peaqos stream follow` in the namespace, its JSON lines and messages in files."""
 
     def __init__(self, netns: NetNs, url: str, keyd: dict, out: Path, log: Path, durable: str | None = "buyer",
-                 pinned: bool = True, skip_forged: bool = False):
+                 pinned: bool = True, skip_forged: bool = False, follow_all: bool = False,
+                 credentials: Path | None = None):
         self.netns, self.url, self.keyd, self.out, self.log = netns, url, keyd, out, log
-        self.durable, self.pinned, self.skip_forged = durable, pinned, skip_forged
+        self.durable, self.pinned, self.skip_forged, self.follow_all = durable, pinned, skip_forged, follow_all
+        self.credentials = credentials
+        # The chain's directory: with --follow-all, <address>/<topic> under the output.
+        address = keyd["identity"]["did"].split(":")[-1][2:].lower()
+        self.chain = out / address / "count" if follow_all else out
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [*self.netns.enter, OURS, "stream", "follow", "--nats", self.url, "--did", self.keyd["identity"]["did"],
-               "--topic", "/count", "--output-dir", str(self.out), "--from-start", "--json"]
+        cmd = [*self.netns.enter, OURS, "stream", "follow", "--nats", self.url, "--output-dir", str(self.out),
+               "--from-start", "--json"]
+        if self.follow_all:
+            cmd.append("--follow-all")
+        else:
+            cmd += ["--did", self.keyd["identity"]["did"], "--topic", "/count"]
+        if self.credentials:
+            cmd += ["--credentials", str(self.credentials)]
         if self.durable:
             cmd += ["--durable", self.durable]
         if self.pinned:
@@ -92,7 +119,7 @@ class Follower:
     def wait_for(self, total: int, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            manifest = self.out / "manifest.json"
+            manifest = self.chain / "manifest.json"
             if manifest.exists() and json.loads(manifest.read_text())["totalChunks"] == total:
                 return
             assert self.proc and self.proc.poll() is None, self.log.read_text()
@@ -115,10 +142,10 @@ def chain_files(d: Path) -> dict[str, bytes]:
 
 
 def check_followed(netns: NetNs, url: str, keyd: dict, work: Path, followed: Path, log: Path,
-                   forged: int = 0) -> list[dict]:
+                   forged: int = 0, credentials: Path | None = None) -> list[dict]:
     """The followed directory equals the agent's output and is bought with the reference;
-    a fresh replay of the stream (an ephemeral consumer) has every chunk once, and refuses
-    the `forged` messages others put there."""
+    a fresh replay of the whole stream (an ephemeral consumer, --follow-all) has every chunk
+    once, and refuses the `forged` messages others put there."""
     local = work / "agent" / "out" / "count"
     total = json.loads((local / "manifest.json").read_text())["totalChunks"]
     assert total > 10, "too few chunks to test anything"
@@ -127,7 +154,8 @@ def check_followed(netns: NetNs, url: str, keyd: dict, work: Path, followed: Pat
     sequences = [p["sequenceNumber"] for p in packages]
     assert sequences == sorted(set(sequences))
     assert not accepted_sequences(log) - set(sequences)
-    replay = Follower(netns, url, keyd, work / "replay", work / "replay.log", durable=None, skip_forged=True)
+    replay = Follower(netns, url, keyd, work / "replay", work / "replay.log", durable=None, pinned=False,
+                      skip_forged=True, follow_all=True, credentials=credentials)
     replay.start()
     replay.wait_for(total, timeout=60)
     replay.stop()
@@ -136,16 +164,18 @@ def check_followed(netns: NetNs, url: str, keyd: dict, work: Path, followed: Pat
     written = [e["index"] for e in events if e["event"] == "written"]
     assert written == list(range(total)), "the stream holds every chunk, in order"
     assert not [e for e in events if e["event"] == "duplicate"], "no chunk is in the stream twice"
-    assert chain_files(work / "replay") == chain_files(local)
+    assert chain_files(replay.chain) == chain_files(local)
     return packages
 
 
 def test_agent_to_follower_through_kills_and_an_outage(netns, keyd):
     work = private_dir("fek")
-    server = Nats(private_dir("fns"), netns.proc.pid)
+    # A server that wants a token: the agent's is in a file only it can read.
+    server = Nats(private_dir("fns"), netns.proc.pid, extra=f'authorization {{ token: "{TOKEN}" }}')
     server.start()
     try:
-        map_path = feed_map(work, keyd, server.url)
+        map_path = feed_map(work, keyd, server.url, credentials=token_file(work, 65534))
+        ours_token = token_file(work, 0)
         log = work / "agent.log"
         rng = random.Random(20261202)
         delays = " ".join(f"{rng.uniform(0.4, 1.2):.3f}" for _ in range(4))
@@ -160,7 +190,7 @@ def test_agent_to_follower_through_kills_and_an_outage(netns, keyd):
         wait_file(work / "agent" / "out" / "count" / "chunk-0.json")
         time.sleep(1)
         followed = work / "followed"
-        follower = Follower(netns, server.url, keyd, followed, work / "follower.log")
+        follower = Follower(netns, server.url, keyd, followed, work / "follower.log", credentials=ours_token)
         follower.start()
         time.sleep(2.5)
         follower.kill()  # after some chunks; it resumes where its directory ends
@@ -187,9 +217,12 @@ def test_agent_to_follower_through_kills_and_an_outage(netns, keyd):
         follower.stop()
         events = follower.events()
         assert [e for e in events if e["event"] == "written"], "the follower wrote chunks"
-        check_followed(netns, server.url, keyd, work, followed, log)
+        check_followed(netns, server.url, keyd, work, followed, log, credentials=ours_token)
         text = log.read_text()
         assert "holds another chain" not in text
+        # The token is never shown, in any log or the metrics.
+        for shown in (text, follower.log.read_text(), (work / "replay.log").read_text(), metrics):
+            assert TOKEN not in shown
     finally:
         server.kill()
 
