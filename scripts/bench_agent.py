@@ -60,8 +60,9 @@ def scrape(port: int) -> str:
 
 
 def scenario(work: Path, socket: str, keyd_pid: int, agent: str, publisher: list[str], kind: str, type_name: str,
-             count: int, rate: float, size: int, chunk_bytes: int, extra_map: str = "") -> dict:
-    """One run; `extra_map` adds top-level map keys (e.g. S3 `outputs`)."""
+             count: int, rate: float, size: int, chunk_bytes: int, extra_map: str = "", inspect=None) -> dict:
+    """One run; `extra_map` adds top-level map keys (e.g. S3 `outputs`); `inspect(run_dir)`,
+    if given, looks at what the stopped agent left before it is removed."""
     d = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     d.chmod(0o755)
     (d / "agent").mkdir()
@@ -118,8 +119,10 @@ def scenario(work: Path, socket: str, keyd_pid: int, agent: str, publisher: list
     proc.terminate()
     proc.wait(timeout=60)
     elapsed = end - start
+    inspected = inspect(d) if inspect else None
     shutil.rmtree(d, ignore_errors=True)
     return {
+        "inspect": inspected,
         "kind": kind, "count": count, "target_rate": rate, "size": size,
         "published_rate": count / pub_seconds if pub_seconds == pub_seconds and pub_seconds > 0 else None,
         "received": int(received), "spooled": int(last_spooled), "lost": count - int(last_spooled),

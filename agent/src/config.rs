@@ -794,14 +794,30 @@ topics:
         assert_eq!(feed.stream.replicas, 1);
         assert!(feed.credentials.as_ref().unwrap().is_absolute());
         assert_eq!(c.topics[1].uploads.len(), 1);
-        let with = |output: &str| GOOD.replace("queue:\n", &format!("outputs:\n  - {output}\nqueue:\n"));
+        let with =
+            |output: &str| GOOD.replace("queue:\n", &format!("outputs:\n  - {output}\nqueue:\n"));
         for (output, named) in [
-            ("nats: { url: \"http://127.0.0.1:4222\" }", "outputs[0].nats.url"),
-            ("nats: { url: \"nats://h:1\", stream: \"A.B\" }", "outputs[0].nats.stream"),
-            ("nats: { url: \"nats://h:1\", subject_prefix: \"a.*\" }", "outputs[0].nats.subject_prefix"),
-            ("nats: { url: \"nats://h:1\", replicas: 7 }", "outputs[0].nats.replicas"),
+            (
+                "nats: { url: \"http://127.0.0.1:4222\" }",
+                "outputs[0].nats.url",
+            ),
+            (
+                "nats: { url: \"nats://h:1\", stream: \"A.B\" }",
+                "outputs[0].nats.stream",
+            ),
+            (
+                "nats: { url: \"nats://h:1\", subject_prefix: \"a.*\" }",
+                "outputs[0].nats.subject_prefix",
+            ),
+            (
+                "nats: { url: \"nats://h:1\", replicas: 7 }",
+                "outputs[0].nats.replicas",
+            ),
             ("nats: { url: \"nats://h:1\", subjects: x }", "subjects"),
-            ("{ s3: { bucket: fleet }, nats: { url: \"nats://h:1\" } }", "exactly one of"),
+            (
+                "{ s3: { bucket: fleet }, nats: { url: \"nats://h:1\" } }",
+                "exactly one of",
+            ),
         ] {
             let e = parse(&with(output)).unwrap_err().to_string();
             assert!(e.contains(named), "{output}: {e}");

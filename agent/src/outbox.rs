@@ -53,6 +53,9 @@ enum SendError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Feed(#[from] feed::FeedError),
+    /// The NATS client is reconnecting: looked at again soon, at no cost.
+    #[error("{0}: disconnected; the client is reconnecting")]
+    Disconnected(String),
 }
 
 /// How long a finishing agent keeps uploading what its last chunks left behind.
@@ -295,8 +298,12 @@ pub fn run(
                         }
                         target.last_error = Some(message);
                         target.failing_since.get_or_insert_with(Instant::now);
-                        target.retry_at = Instant::now() + target.backoff;
-                        target.backoff = (target.backoff * 2).min(BACKOFF_MAX);
+                        if matches!(e, SendError::Disconnected(_)) {
+                            target.retry_at = Instant::now() + BACKOFF_MIN;
+                        } else {
+                            target.retry_at = Instant::now() + target.backoff;
+                            target.backoff = (target.backoff * 2).min(BACKOFF_MAX);
+                        }
                     }
                 }
                 let backlog = committed.saturating_sub(target.next);
@@ -414,6 +421,9 @@ async fn step(
     metrics: &Metrics,
 ) -> Result<Step, SendError> {
     if let Sink::Nats(nats) = &mut target.sink {
+        // Connected (and the stream made) from the start: a wrong URL, credentials or
+        // stream shows at once, and followers find the stream before the first chunk.
+        nats.stream().await?;
         if let Some(moved) = nats.check_head(topic, dir, committed, target.next).await? {
             write_position(&target.position_file, moved)?;
             target.next = moved;
@@ -592,7 +602,12 @@ impl NatsSink {
             self.connection = Some((connection, stream));
             self.head_checked = false;
         }
-        let (_, stream) = self.connection.as_mut().expect("connected above");
+        let (connection, stream) = self.connection.as_mut().expect("connected above");
+        // Away: nothing is handed to the client, which would hold it until it is back (a
+        // copy per retry); the chunk stays on disk and is sent once the client reconnects.
+        if !connection.is_connected() {
+            return Err(SendError::Disconnected(self.output.url.clone()));
+        }
         Ok(stream)
     }
 
@@ -728,12 +743,9 @@ impl NatsSink {
 
     /// Connection state for the metrics.
     fn connection_state(&self) -> Option<(u64, bool)> {
-        self.connection.as_ref().map(|(c, _)| {
-            (
-                c.reconnects.load(Ordering::Relaxed),
-                c.connected.load(Ordering::Relaxed),
-            )
-        })
+        self.connection
+            .as_ref()
+            .map(|(c, _)| (c.reconnects.load(Ordering::Relaxed), c.is_connected()))
     }
 }
 

@@ -34,8 +34,14 @@ pub struct Connection {
     pub client: Client,
     /// Connections after the first.
     pub reconnects: Arc<AtomicU64>,
-    /// Whether the client is connected now.
-    pub connected: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// Whether the client is connected now (while it is not, a publisher should not hand it
+    /// messages: the client would hold them until it reconnects).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
 }
 
 /// The servers of a comma-separated list, each checked.
@@ -115,8 +121,7 @@ async fn with_credentials(
 pub async fn connect(settings: &FeedSettings, what: &str) -> Result<Connection, FeedError> {
     let addrs = server_addrs(what, &settings.urls)?;
     let reconnects = Arc::new(AtomicU64::new(0));
-    let connected = Arc::new(AtomicBool::new(false));
-    let (seen, up) = (Arc::new(AtomicBool::new(false)), connected.clone());
+    let seen = Arc::new(AtomicBool::new(false));
     let counter = reconnects.clone();
     let mut options = ConnectOptions::new()
         .name(&settings.name)
@@ -127,17 +132,10 @@ pub async fn connect(settings: &FeedSettings, what: &str) -> Result<Connection, 
             (RECONNECT_MIN * 2u32.saturating_pow(shift)).min(RECONNECT_MAX)
         })
         .event_callback(move |event| {
-            let (seen, up, counter) = (seen.clone(), up.clone(), counter.clone());
+            let (seen, counter) = (seen.clone(), counter.clone());
             async move {
-                match event {
-                    Event::Connected => {
-                        if seen.swap(true, Ordering::Relaxed) {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
-                        up.store(true, Ordering::Relaxed);
-                    }
-                    Event::Disconnected | Event::Closed => up.store(false, Ordering::Relaxed),
-                    _ => {}
+                if matches!(event, Event::Connected) && seen.swap(true, Ordering::Relaxed) {
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
@@ -148,11 +146,7 @@ pub async fn connect(settings: &FeedSettings, what: &str) -> Result<Connection, 
         .connect(addrs)
         .await
         .map_err(|e| FeedError::nats(format!("connect to {}", settings.urls), e))?;
-    Ok(Connection {
-        client,
-        reconnects,
-        connected,
-    })
+    Ok(Connection { client, reconnects })
 }
 
 #[cfg(test)]

@@ -109,6 +109,13 @@ impl ChunkMessage {
     pub fn from_files(envelope_bytes: Bytes, ciphertext: Ciphertext) -> Result<Self, MessageError> {
         let envelope = ChunkEnvelope::from_json(&envelope_bytes)
             .map_err(|e| MessageError::Envelope(e.to_string()))?;
+        // It becomes a header: visible ASCII only.
+        if envelope.chunk_id.is_empty() || !envelope.chunk_id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(MessageError::Envelope(
+                "chunkId is not a hex digest (it cannot be a header)".into(),
+            ));
+        }
         Ok(ChunkMessage {
             envelope,
             envelope_bytes,
@@ -227,5 +234,59 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<FeedMessag
             header: KIND,
             reason: format!("{other:?} is neither chunk nor manifest"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Bytes {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/vectors/chain/chunk-0.json");
+        Bytes::from(std::fs::read(dir).expect("the reference chain's first envelope"))
+    }
+
+    #[test]
+    fn a_chunk_encodes_and_decodes_to_itself_inline_or_by_object() {
+        for ciphertext in [
+            Ciphertext::Inline(Bytes::from_static(b"ciphertext")),
+            Ciphertext::Object("s/chunk-0-0x.bin".into()),
+        ] {
+            let chunk = ChunkMessage::from_files(envelope(), ciphertext).unwrap();
+            let (headers, body) = chunk.encode();
+            assert_eq!(
+                headers.get(MSG_ID).unwrap().as_str(),
+                chunk.envelope.chunk_id
+            );
+            assert_eq!(decode(Some(&headers), &body), Ok(FeedMessage::Chunk(chunk)));
+        }
+    }
+
+    #[test]
+    fn headers_that_disagree_with_the_body_are_named() {
+        let chunk =
+            ChunkMessage::from_files(envelope(), Ciphertext::Inline(Bytes::from_static(b"x")))
+                .unwrap();
+        let (good, body) = chunk.encode();
+        let with = |name: &'static str, value: &str| {
+            let mut h = good.clone();
+            h.insert(name, value);
+            decode(Some(&h), &body).unwrap_err().to_string()
+        };
+        assert!(with(CHUNK_INDEX, "7").contains("Peaq-Chunk-Index: says 7"));
+        assert!(with(CHUNK_INDEX, "x").contains("not a chunk index"));
+        assert!(with(ENVELOPE_BYTES, "999999").contains("more than the"));
+        assert!(with(MSG_ID, "0xother").contains("not the envelope's chunkId"));
+        assert!(with(KIND, "photo").contains("neither chunk nor manifest"));
+        assert!(with(CIPHERTEXT_OBJECT, "o").contains("holds ciphertext too"));
+        assert!(with(ENVELOPE_BYTES, "3").starts_with("envelope:"));
+        let e = decode(None, &body).unwrap_err().to_string();
+        assert_eq!(e, "header Peaq-Kind: missing");
+        let (manifest_headers, _) = encode_manifest(b"{}", "0x01");
+        let e = decode(Some(&manifest_headers), &Bytes::from_static(b"{}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("manifest:"), "{e}");
     }
 }

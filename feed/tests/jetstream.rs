@@ -370,7 +370,12 @@ fn a_chain_through_jetstream_arrives_verified_and_byte_for_byte() {
         feed.publish_manifest(&subject, &manifest, &head.chunk_id)
             .await
             .unwrap();
-        assert_eq!(feed.head(&subject).await.unwrap(), Some(head));
+        let after = feed.head(&subject).await.unwrap().unwrap();
+        assert_eq!((after.index, &after.chunk_id), (5, &head.chunk_id));
+        assert!(
+            after.envelope.is_none(),
+            "a manifest names its head, it carries no envelope"
+        );
 
         // A stream that holds other subjects is not taken for the feed's.
         let other = StreamSpec {
