@@ -212,14 +212,10 @@ impl FollowedChain {
         }
     }
 
-    /// Checks one chunk as the chunk after the directory's last (or as its first), with
-    /// `ciphertext`; `previous` is what its `previousChunkId` must be.
-    fn check(
-        &self,
-        envelope: &ChunkEnvelope,
-        ciphertext: &[u8],
-        start: bool,
-    ) -> Result<(), Refusal> {
+    /// Checks one chunk with its `ciphertext`, on its own: hash, `chunkId`, signature,
+    /// signer, machine (chunk 0: no `previousChunkId`; the link to the chunk before is the
+    /// caller's to check).
+    fn check(&self, envelope: &ChunkEnvelope, ciphertext: &[u8]) -> Result<(), Refusal> {
         let index = envelope.index;
         if !self.subject.is_machine(&envelope.signature.machine_did) {
             return Err(Refusal::WrongMachine {
@@ -251,9 +247,6 @@ impl FollowedChain {
                 },
                 _ => self.foreign(index, &failure),
             })?;
-        if start && index == 0 && envelope.previous_chunk_id.is_some() {
-            return Err(self.foreign(index, &ChainFailure::FirstHasPrevious));
-        }
         Ok(())
     }
 
@@ -275,7 +268,7 @@ impl FollowedChain {
                         found: index,
                     });
                 }
-                self.check(envelope, ciphertext, true)?;
+                self.check(envelope, ciphertext)?;
             }
             Some((next, last_id)) => {
                 if index > *next {
@@ -290,7 +283,7 @@ impl FollowedChain {
                 }
                 // Checked before the link: a chunk that is not the signer's is foreign,
                 // one of the signer's that does not link is a fork.
-                self.check(envelope, ciphertext, false)?;
+                self.check(envelope, ciphertext)?;
                 if envelope.previous_chunk_id.as_deref() != Some(last_id.as_str()) {
                     return Err(Refusal::Fork {
                         subject: self.subject.subject(),
@@ -332,7 +325,7 @@ impl FollowedChain {
         if have.chunk_id == chunk.envelope.chunk_id {
             return Ok(Accepted::Duplicate(index));
         }
-        self.check(&chunk.envelope, ciphertext, false)?;
+        self.check(&chunk.envelope, ciphertext)?;
         Err(Refusal::Fork {
             subject: self.subject.subject(),
             index,

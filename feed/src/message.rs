@@ -220,10 +220,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<FeedMessag
             Ok(FeedMessage::Chunk(chunk))
         }
         "manifest" => {
-            let value = stream::json::parse_slice(payload)
-                .map_err(|e| MessageError::Manifest(e.to_string()))?;
-            let manifest: Manifest =
-                serde_json::from_value(value).map_err(|e| MessageError::Manifest(e.to_string()))?;
+            let manifest = Manifest::from_json(payload).map_err(MessageError::Manifest)?;
             Ok(FeedMessage::Manifest {
                 manifest,
                 bytes: payload.clone(),

@@ -57,6 +57,13 @@ impl Manifest {
         }
     }
 
+    /// Reads the bytes of a `manifest.json`; the error says what is wrong (the caller
+    /// names the file or message).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let value = json::parse_slice(bytes).map_err(|e| e.to_string())?;
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
     /// `json.dumps(manifest, indent=2) + "\n"`.
     pub fn to_file_text(&self) -> String {
         let value = serde_json::to_value(self).expect("a manifest always serializes");
@@ -211,14 +218,12 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>, LayoutError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(&path)(e)),
     };
-    let invalid = |reason: String| LayoutError::Invalid {
-        path: path.display().to_string(),
-        reason,
-    };
-    let value = json::parse_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    serde_json::from_value(value)
+    Manifest::from_json(&bytes)
         .map(Some)
-        .map_err(|e| invalid(e.to_string()))
+        .map_err(|reason| LayoutError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })
 }
 
 /// Which file of a published directory a name is.

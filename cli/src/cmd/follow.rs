@@ -154,6 +154,7 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
                 // The server away (missed heartbeats), a leader change: the consumer
                 // carries on once it is back.
                 warn(out, &format!("consumer: {e}"));
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 continue;
             }
             None => {
