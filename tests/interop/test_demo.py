@@ -38,7 +38,12 @@ def check_demo(out: Path):
     assert sale["order_id"] == "demo-1" and sale["chunks_distributed"] >= 1
     bought = (out / "gps-bought.jsonl").read_text().splitlines()
     assert len(bought) == 10  # 2 s of /gps at 5/s
-    # Nothing of the demo keeps running: keyd, Garage, the marketplace.
+    # The live feed: every topic followed from JetStream (the /imu one compared byte for byte
+    # by the demo itself).
+    for topic in ("imu", "gps", "status", "lidar"):
+        assert list((out / "live").glob(f"*/{topic}/manifest.json")), topic
+    # Nothing of the demo keeps running: keyd, Garage, the marketplace, nats-server.
     assert not (out / "garage" / "garage.pid").exists()
+    assert subprocess.run(["pgrep", "-f", str(out / "nats" / "nats.conf")]).returncode == 1
     # The link is a bearer credential: stderr shows none.
     assert sale["delivery"]["download_url"].split("?")[1] not in proc.stderr
