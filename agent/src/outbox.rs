@@ -109,6 +109,27 @@ struct Target {
     last_error: Option<String>,
 }
 
+impl Target {
+    /// An output resuming at `next` (its position file's).
+    fn new(name: &str, sink: Sink, place: String, position_file: PathBuf, next: u64) -> Self {
+        Target {
+            name: name.to_string(),
+            sink,
+            place,
+            position_file,
+            next,
+            manifest_at: None,
+            backlog_bytes: 0,
+            sized_upto: next,
+            backoff: BACKOFF_MIN,
+            retry_at: Instant::now(),
+            failing_since: None,
+            growing_since: None,
+            last_error: None,
+        }
+    }
+}
+
 /// One topic's uploads.
 pub struct TopicUploads {
     topic: String,
@@ -190,48 +211,24 @@ pub fn open(config: &AgentConfig, spools: &[TopicSpool]) -> Result<Vec<TopicUplo
                 output.endpoint.as_deref(),
             ));
             let next = read_position(&position_file)?;
-            targets.push(Target {
-                name: output.name.clone(),
-                sink: Sink::S3 {
-                    bucket,
-                    path: output.path.clone(),
-                },
-                place: output.path.to_string(),
-                position_file,
-                next,
-                manifest_at: None,
-                backlog_bytes: 0,
-                sized_upto: next,
-                backoff: BACKOFF_MIN,
-                retry_at: Instant::now(),
-                failing_since: None,
-                growing_since: None,
-                last_error: None,
-            });
+            let sink = Sink::S3 {
+                bucket,
+                path: output.path.clone(),
+            };
+            let place = output.path.to_string();
+            targets.push(Target::new(&output.name, sink, place, position_file, next));
         }
         for output in &topic.feeds {
             let position_file = topic.spool.join(feed_position_name(output));
             let next = read_position(&position_file)?;
-            targets.push(Target {
-                name: output.name.clone(),
-                sink: Sink::Nats(Box::new(NatsSink {
-                    output: output.clone(),
-                    connection: None,
-                    subject: None,
-                    head_checked: false,
-                })),
-                place: format!("nats {} stream {}", output.url, output.stream.name),
-                position_file,
-                next,
-                manifest_at: None,
-                backlog_bytes: 0,
-                sized_upto: next,
-                backoff: BACKOFF_MIN,
-                retry_at: Instant::now(),
-                failing_since: None,
-                growing_since: None,
-                last_error: None,
-            });
+            let sink = Sink::Nats(Box::new(NatsSink {
+                output: output.clone(),
+                connection: None,
+                subject: None,
+                head_checked: false,
+            }));
+            let place = format!("nats {} stream {}", output.url, output.stream.name);
+            targets.push(Target::new(&output.name, sink, place, position_file, next));
         }
         all.push(TopicUploads {
             topic: topic.topic.clone(),
