@@ -257,8 +257,8 @@ struct OutputDoc {
     nats: Option<NatsDoc>,
 }
 
-/// One NATS JetStream output of a topic, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One NATS JetStream output of a topic, resolved (its Debug hides a secret in the URL).
+#[derive(Clone, PartialEq, Eq)]
 pub struct NatsOutput {
     /// `outputs[i].nats` or `topics[j].outputs[i].nats`: names it in logs and metrics.
     pub name: String,
@@ -291,6 +291,17 @@ pub struct S3Output {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub credentials_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOutput")
+            .field("name", &self.name)
+            .field("url", &feed::connect::shown_urls(&self.url))
+            .field("stream", &self.stream)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]

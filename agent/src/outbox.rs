@@ -227,7 +227,11 @@ pub fn open(config: &AgentConfig, spools: &[TopicSpool]) -> Result<Vec<TopicUplo
                 subject: None,
                 head_checked: false,
             }));
-            let place = format!("nats {} stream {}", output.url, output.stream.name);
+            let place = format!(
+                "nats {} stream {}",
+                feed::connect::shown_urls(&output.url),
+                output.stream.name
+            );
             targets.push(Target::new(&output.name, sink, place, position_file, next));
         }
         all.push(TopicUploads {
@@ -603,7 +607,9 @@ impl NatsSink {
         // Away: nothing is handed to the client, which would hold it until it is back (a
         // copy per retry); the chunk stays on disk and is sent once the client reconnects.
         if !connection.is_connected() {
-            return Err(SendError::Disconnected(self.output.url.clone()));
+            return Err(SendError::Disconnected(feed::connect::shown_urls(
+                &self.output.url,
+            )));
         }
         Ok(stream)
     }

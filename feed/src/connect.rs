@@ -44,6 +44,24 @@ impl Connection {
     }
 }
 
+/// A comma-separated server list as it may be shown: a password or token written into a
+/// URL (`nats://user:secret@host`) becomes `***`.
+pub fn shown_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            match url.split_once("://") {
+                Some((scheme, rest)) => match rest.split('/').next().and_then(|a| a.rfind('@')) {
+                    Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                    None => url.to_string(),
+                },
+                None => url.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The servers of a comma-separated list, each checked.
 pub fn server_addrs(what: &str, urls: &str) -> Result<Vec<ServerAddr>, FeedError> {
     let mut addrs = Vec::new();
@@ -54,12 +72,12 @@ pub fn server_addrs(what: &str, urls: &str) -> Result<Vec<ServerAddr>, FeedError
         {
             return Err(FeedError::Setting {
                 what: what.to_string(),
-                reason: format!("{url:?} is not a nats:// or tls:// URL"),
+                reason: format!("{:?} is not a nats:// or tls:// URL", shown_urls(url)),
             });
         }
         addrs.push(url.parse::<ServerAddr>().map_err(|e| FeedError::Setting {
             what: what.to_string(),
-            reason: format!("{url:?}: {e}"),
+            reason: format!("{:?}: {e}", shown_urls(url)),
         })?);
     }
     if addrs.is_empty() {
@@ -145,7 +163,7 @@ pub async fn connect(settings: &FeedSettings, what: &str) -> Result<Connection, 
     let client = options
         .connect(addrs)
         .await
-        .map_err(|e| FeedError::nats(format!("connect to {}", settings.urls), e))?;
+        .map_err(|e| FeedError::nats(format!("connect to {}", shown_urls(&settings.urls)), e))?;
     Ok(Connection { client, reconnects })
 }
 
@@ -169,6 +187,14 @@ mod tests {
             "{e}"
         );
         assert!(server_addrs("url", " , ").is_err());
+        let e = server_addrs("url", "http://alice:hunter2@h:1")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2") && e.contains("***@h:1"), "{e}");
+        assert_eq!(
+            shown_urls("nats://h:1, tls://tok3n@h:2/x"),
+            "nats://h:1,tls://***@h:2/x"
+        );
     }
 
     #[tokio::test]

@@ -138,7 +138,7 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
     };
     out.say(format!(
         "following {filter} on {} into {}",
-        args.nats,
+        feed::connect::shown_urls(&args.nats),
         args.output_dir.display()
     ));
 
