@@ -5,11 +5,14 @@
 //!   keyd status --config FILE                 how the backend protects each key
 //!   keyd identity --socket PATH [--json]      ask a running keyd who it is
 //!   keyd audit verify --config FILE [--log F] check the audit log's keyed chain
+//!   keyd dev up|restart|down [--dir DIR]      a throw-away development keyd
 
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use keyd::{audit, backend, config, guard, harden, ledger, server};
+
+mod dev;
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +62,43 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A throw-away keyd for development and CI (SoftHSM, swtpm or a key file).
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Make development keys, a policy allowing you, a configuration and the backend's store
+    /// (a fresh SoftHSM token, a fresh swtpm, or a key file) in DIR; provision and start
+    /// keyd. Prints the socket's path as the last line.
+    Up {
+        #[arg(long, value_enum, default_value = "software")]
+        backend: dev::DevBackend,
+        /// Default: $KEYD_DEV_DIR, else ~/.cache/keyd-dev. Replaced if `keyd dev up` made it.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also allow this account (the edge agent's) everything but grant; the socket is
+        /// given its primary group.
+        #[arg(long, value_name = "USER")]
+        agent_user: Option<String>,
+        /// The PKCS#11 module of the pkcs11 backend.
+        #[arg(long, value_name = "PATH", default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        pkcs11_module: PathBuf,
+    },
+    /// Stop keyd and start it again on the same keys and state.
+    Restart {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Stay down this long in between.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+        down_seconds: f64,
+    },
+    /// Stop keyd (and swtpm) and remove the directory.
+    Down {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +130,28 @@ fn main() {
         .map_err(|e| (1, e))
         .and_then(|()| match cli.command {
             Command::Init { config, force } => init(&config, force),
+            Command::Dev(DevCommand::Up {
+                backend,
+                dir,
+                agent_user,
+                pkcs11_module,
+            }) => dev::up(dev::UpOptions {
+                backend,
+                dir: dir.unwrap_or_else(dev::default_dir),
+                agent_user,
+                pkcs11_module,
+            }),
+            Command::Dev(DevCommand::Restart { dir, down_seconds }) => {
+                match std::time::Duration::try_from_secs_f64(down_seconds) {
+                    Ok(down_for) => dev::restart(&dir.unwrap_or_else(dev::default_dir), down_for),
+                    Err(_) => Err(input(format!(
+                        "--down-seconds {down_seconds}: not a duration"
+                    ))),
+                }
+            }
+            Command::Dev(DevCommand::Down { dir }) => {
+                dev::down(&dir.unwrap_or_else(dev::default_dir))
+            }
             Command::Run {
                 config,
                 sequence_floor,
@@ -104,7 +166,7 @@ fn main() {
     }
 }
 
-type CmdResult = Result<(), (i32, String)>;
+type CmdResult<T = ()> = Result<T, (i32, String)>;
 
 fn input(message: impl std::fmt::Display) -> (i32, String) {
     (2, message.to_string())
@@ -124,6 +186,16 @@ fn move_aside(path: &Path) -> Result<Option<PathBuf>, (i32, String)> {
 }
 
 fn init(path: &Path, force: bool) -> CmdResult {
+    let summary = provision(path, force)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Provisions the configured backend's keys and the sequence state; the DID and public keys.
+fn provision(path: &Path, force: bool) -> CmdResult<serde_json::Value> {
     let config = config::Config::load(path).map_err(input)?;
     // Nothing may serve the old keys' state while it is replaced.
     let _lock =
@@ -181,11 +253,7 @@ fn init(path: &Path, force: bool) -> CmdResult {
         "machineBoxPublicKeyHex": backend.box_public().to_hex(),
         "backend": backend.info().detail,
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&summary).unwrap_or_default()
-    );
-    Ok(())
+    Ok(summary)
 }
 
 fn status(path: &Path) -> CmdResult {

@@ -12,6 +12,7 @@
 pub mod access;
 pub mod chain;
 pub mod dataset;
+pub mod devkeys;
 pub mod fsio;
 pub mod hexenc;
 pub mod json;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from peaq_os_sdk.stream import verify_data_package
 from peaq_os_sdk.stream._internal.canonical_json import canonical_json_bytes
 from peaq_os_sdk.stream.types import DataPackage
 
-from conftest import OURS, ROOT, ours, ref, sign_sample_through_keyd
+from conftest import OURS, ROOT, ours, ref, run, sign_sample_through_keyd
 from test_packages import package_from_line
 
 
@@ -150,3 +151,69 @@ def test_conformance_packages_chains_and_grants(keyd, tmp_path):
     ours("-q", "stream", "grant", "--keyd", socket, "--chunk-dir", str(pub), *buyer_args, "--output-dir", str(tmp_path / "access-keyd"))
     ref("-q", *consume, "--access-dir", str(tmp_path / "access-keyd"), "--output", str(tmp_path / "out2.bin"), cwd=tmp_path)
     assert (tmp_path / "out2.bin").read_bytes() == source.read_bytes()
+
+
+NODE_CLIENT = ROOT / "examples" / "node" / "keyd-client.js"
+
+
+def node_env() -> dict[str, str]:
+    """The example's dependencies, as `scripts/setup` installed them from its lock file."""
+    modules = Path(os.environ.get("PEAQOS_CACHE", Path.home() / ".cache" / "peaqos")) / "node-client" / "node_modules"
+    assert (modules / "@grpc" / "grpc-js").is_dir(), f"{modules}: run scripts/setup (npm ci of examples/node)"
+    return {"NODE_PATH": str(modules)}
+
+
+def test_node_client_signs_what_the_reference_verifies(keyd):
+    """examples/node/keyd-client.js (@grpc/grpc-js, @grpc/proto-loader) over the Unix socket:
+    its identity, packages and chunk-hash signatures, checked by the reference and the chain key."""
+    proc = run(["node", str(NODE_CLIENT), keyd["socket"], "--count", "5"], env=node_env())
+    out = json.loads(proc.stdout)
+    identity = out["identity"]
+    expected = json.loads(run([str(Path(OURS).with_name("keyd")), "identity", "--socket", keyd["socket"], "--json"]).stdout)
+    assert identity["did"] == expected["did"]
+    assert identity["chain_public_key_hex"] == expected["chainPublicKeyHex"]
+    assert len(out["packages"]) == 5
+    for doc in out["packages"]:
+        package = DataPackage(
+            did=doc["did"], timestamp=doc["timestamp"], schema_version=doc["schemaVersion"],
+            sequence_number=doc["sequenceNumber"], payload=doc["payload"],
+            signature=doc["signature"], signing_key_id=doc["signingKeyId"],
+        )
+        assert verify_data_package(package).valid, doc
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(identity["chain_public_key_hex"]))
+    for entry in out["chunkSignatures"]:
+        key.verify(bytes.fromhex(entry["signature"]), entry["hash"].encode())
+    # An error is keyd's reason on stderr and exit 1, not a stack trace.
+    again = run(["node", str(NODE_CLIENT), "/nonexistent/keyd.sock"], env=node_env(), check=False)
+    assert again.returncode == 1 and again.stderr.startswith("keyd-client: "), again.stderr
+
+
+def test_reflection_alone_is_enough_to_call_keyd(keyd):
+    """A client that knows nothing but the socket: grpcio-reflection (which asks v1alpha)
+    finds keyd.v1.Keyd, gets its descriptors from keyd, and calls Identity and
+    SignChunkHashes with message classes built from them."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(f"unix://{keyd['socket']}", options=[("grpc.default_authority", "localhost")]) as ch:
+        database = ProtoReflectionDescriptorDatabase(ch)
+        assert "keyd.v1.Keyd" in database.get_services()
+        pool = descriptor_pool.DescriptorPool(database)
+        service = pool.FindServiceByName("keyd.v1.Keyd")
+        assert {"Identity", "SignPackages", "SignChunkHashes", "Grant"} <= {m.name for m in service.methods}
+
+        def method(name: str):
+            found = service.FindMethodByName(name)
+            request = message_factory.GetMessageClass(found.input_type)
+            response = message_factory.GetMessageClass(found.output_type)
+            call = ch.unary_unary(f"/{service.full_name}/{name}", request_serializer=request.SerializeToString,
+                                  response_deserializer=response.FromString)
+            return request, call
+
+        identity_request, identity = method("Identity")
+        me = identity(identity_request())
+        assert me.did.startswith("did:peaq:0x")
+        sign_request, sign = method("SignChunkHashes")
+        hashes = ["0x" + "ab" * 32]
+        signed = sign(sign_request(hashes=hashes, key_commitments=["sha256:" + "cd" * 32]))
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(me.chain_public_key_hex)).verify(signed.signatures[0], hashes[0].encode())

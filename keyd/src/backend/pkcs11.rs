@@ -116,6 +116,57 @@ fn open(config: &Pkcs11Config) -> Result<(Pkcs11, Slot), BackendError> {
     Ok((pkcs11, slot))
 }
 
+/// Initializes a fresh token labelled `label` in the module's first slot without one, with
+/// a random SO PIN (used once, never kept) and `user_pin` as the user's PIN: what `keyd dev
+/// up` does for SoftHSM, so no PIN appears on a command line.
+pub fn init_development_token(
+    module: &std::path::Path,
+    label: &str,
+    user_pin: &AuthPin,
+) -> Result<(), BackendError> {
+    let pkcs11 =
+        Pkcs11::new(module).map_err(|e| failed(&format!("module {}", module.display()), e))?;
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| failed("initialize", e))?;
+    let free = pkcs11
+        .get_all_slots()
+        .map_err(|e| failed("slots", e))?
+        .into_iter()
+        .find(|slot| {
+            pkcs11
+                .get_token_info(*slot)
+                .is_ok_and(|info| !info.token_initialized())
+        })
+        .ok_or_else(|| failed("token", "the module has no slot with an uninitialized token"))?;
+    let so_pin = Secret32::random().map_err(|e| failed("SO PIN", e))?;
+    let so_pin = AuthPin::from(hex::encode(so_pin.expose()));
+    pkcs11
+        .init_token(free, &so_pin, label)
+        .map_err(|e| failed("init token", e))?;
+    // SoftHSM moves an initialized token to a new slot id: find it again by its label.
+    let slot = pkcs11
+        .get_slots_with_token()
+        .map_err(|e| failed("slots", e))?
+        .into_iter()
+        .find(|slot| {
+            pkcs11
+                .get_token_info(*slot)
+                .is_ok_and(|info| info.label().trim_end() == label)
+        })
+        .ok_or_else(|| failed("token", format!("no token labelled {label:?} after init")))?;
+    let session = pkcs11
+        .open_rw_session(slot)
+        .map_err(|e| failed("session", e))?;
+    session
+        .login(UserType::So, Some(&so_pin))
+        .map_err(|e| failed("SO login", e))?;
+    session
+        .init_pin(user_pin)
+        .map_err(|e| failed("init user PIN", e))?;
+    Ok(())
+}
+
 fn login(session: &Session, pin: &AuthPin) -> Result<(), BackendError> {
     match session.login(UserType::User, Some(pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
