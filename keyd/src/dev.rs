@@ -141,7 +141,11 @@ fn make_and_start(dir: &Path, options: &UpOptions) -> CmdResult {
     fs::create_dir_all(&dir).map_err(|e| io_fail(&dir, e))?;
     // The agent's account must reach the socket below it; nothing else here is secret to
     // it except the key files, which are 0600.
-    let mode = if options.agent_user.is_some() { 0o755 } else { 0o700 };
+    let mode = if options.agent_user.is_some() {
+        0o755
+    } else {
+        0o700
+    };
     fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(|e| io_fail(&dir, e))?;
     write_file(
         &dir.join(MARKER),
@@ -482,4 +486,56 @@ fn primary_group(user: &str) -> Option<String> {
     // SAFETY: group is non-null; gr_name points at a NUL-terminated string in its record.
     let name = unsafe { std::ffi::CStr::from_ptr((*group).gr_name) };
     name.to_str().ok().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_leaves_what_up_did_not_make() {
+        let parent = tempfile::tempdir().unwrap();
+        let missing = parent.path().join("missing");
+        assert!(down(&missing).is_ok());
+        let empty = parent.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        assert!(down(&empty).is_ok());
+        let theirs = parent.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::write(theirs.join("notes.txt"), "keep me").unwrap();
+        let (code, message) = down(&theirs).unwrap_err();
+        assert_eq!(code, 1);
+        assert!(message.contains("not made by `keyd dev up`"), "{message}");
+        assert!(theirs.join("notes.txt").exists());
+        let ours = parent.path().join("ours");
+        fs::create_dir(&ours).unwrap();
+        fs::write(ours.join(MARKER), "backend = \"software\"\n").unwrap();
+        down(&ours).unwrap();
+        assert!(!ours.exists());
+    }
+
+    #[test]
+    fn a_socket_path_too_long_is_refused_before_anything_is_made() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("d".repeat(100));
+        let (code, message) = up(UpOptions {
+            backend: DevBackend::Software,
+            dir: dir.clone(),
+            agent_user: None,
+            pkcs11_module: PathBuf::from("/nonexistent"),
+        })
+        .unwrap_err();
+        assert_eq!(code, 2);
+        assert!(message.contains("107 bytes"), "{message}");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn paths_and_names_are_quoted_for_toml() {
+        for text in [r#"a "b" \c"#, "it's \"odd\"", "/tmp/plain dir"] {
+            let parsed: toml::Value =
+                toml::from_str(&format!("x = {}", toml_string(text))).unwrap();
+            assert_eq!(parsed["x"].as_str(), Some(text));
+        }
+    }
 }

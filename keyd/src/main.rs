@@ -83,7 +83,11 @@ enum DevCommand {
         #[arg(long, value_name = "USER")]
         agent_user: Option<String>,
         /// The PKCS#11 module of the pkcs11 backend.
-        #[arg(long, value_name = "PATH", default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/usr/lib/softhsm/libsofthsm2.so"
+        )]
         pkcs11_module: PathBuf,
     },
     /// Stop keyd and start it again on the same keys and state.

@@ -84,11 +84,17 @@ mod tests {
         let keys = write_development_keys(dir.path()).unwrap();
         assert!(keys.did.starts_with("did:peaq:0x"));
         let owner = read_secret_file(&dir.path().join("owner.key"), "owner key").unwrap();
-        assert_eq!(BoxKey::from_secret(&owner).public_key_hex(), keys.box_public_hex[0].1);
+        assert_eq!(
+            BoxKey::from_secret(&owner).public_key_hex(),
+            keys.box_public_hex[0].1
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("chain.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("chain.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let again = write_development_keys(dir.path()).unwrap_err().to_string();

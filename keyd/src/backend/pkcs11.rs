@@ -138,7 +138,12 @@ pub fn init_development_token(
                 .get_token_info(*slot)
                 .is_ok_and(|info| !info.token_initialized())
         })
-        .ok_or_else(|| failed("token", "the module has no slot with an uninitialized token"))?;
+        .ok_or_else(|| {
+            failed(
+                "token",
+                "the module has no slot with an uninitialized token",
+            )
+        })?;
     let so_pin = Secret32::random().map_err(|e| failed("SO PIN", e))?;
     let so_pin = AuthPin::from(hex::encode(so_pin.expose()));
     pkcs11
