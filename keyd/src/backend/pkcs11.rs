@@ -91,29 +91,34 @@ fn read_pin(config: &Pkcs11Config) -> Result<AuthPin, BackendError> {
 }
 
 fn open(config: &Pkcs11Config) -> Result<(Pkcs11, Slot), BackendError> {
-    let pkcs11 = Pkcs11::new(&config.module)
-        .map_err(|e| failed(&format!("module {}", config.module.display()), e))?;
+    let pkcs11 = load(&config.module)?;
+    let slot = token_slot(&pkcs11, &config.token_label)?;
+    Ok((pkcs11, slot))
+}
+
+/// Loads and initializes the module.
+fn load(module: &std::path::Path) -> Result<Pkcs11, BackendError> {
+    let pkcs11 =
+        Pkcs11::new(module).map_err(|e| failed(&format!("module {}", module.display()), e))?;
     // OS locking: without it two threads corrupt SoftHSM's heap.
     pkcs11
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| failed("initialize", e))?;
-    let slot = pkcs11
+    Ok(pkcs11)
+}
+
+/// The slot holding the token labelled `label` (slot ids change when tokens are initialized).
+fn token_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, BackendError> {
+    pkcs11
         .get_slots_with_token()
         .map_err(|e| failed("slots", e))?
         .into_iter()
         .find(|slot| {
             pkcs11
                 .get_token_info(*slot)
-                .map(|info| info.label().trim_end() == config.token_label)
-                .unwrap_or(false)
+                .is_ok_and(|info| info.label().trim_end() == label)
         })
-        .ok_or_else(|| {
-            failed(
-                "token",
-                format!("no token labelled {:?}", config.token_label),
-            )
-        })?;
-    Ok((pkcs11, slot))
+        .ok_or_else(|| failed("token", format!("no token labelled {label:?}")))
 }
 
 /// Initializes a fresh token labelled `label` in the module's first slot without one, with
@@ -124,11 +129,7 @@ pub fn init_development_token(
     label: &str,
     user_pin: &AuthPin,
 ) -> Result<(), BackendError> {
-    let pkcs11 =
-        Pkcs11::new(module).map_err(|e| failed(&format!("module {}", module.display()), e))?;
-    pkcs11
-        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .map_err(|e| failed("initialize", e))?;
+    let pkcs11 = load(module)?;
     let free = pkcs11
         .get_all_slots()
         .map_err(|e| failed("slots", e))?
@@ -150,16 +151,7 @@ pub fn init_development_token(
         .init_token(free, &so_pin, label)
         .map_err(|e| failed("init token", e))?;
     // SoftHSM moves an initialized token to a new slot id: find it again by its label.
-    let slot = pkcs11
-        .get_slots_with_token()
-        .map_err(|e| failed("slots", e))?
-        .into_iter()
-        .find(|slot| {
-            pkcs11
-                .get_token_info(*slot)
-                .is_ok_and(|info| info.label().trim_end() == label)
-        })
-        .ok_or_else(|| failed("token", format!("no token labelled {label:?} after init")))?;
+    let slot = token_slot(&pkcs11, label)?;
     let session = pkcs11
         .open_rw_session(slot)
         .map_err(|e| failed("session", e))?;
