@@ -8,11 +8,13 @@
 //! fields before the field rules ran (some are to be encrypted), so every record is
 //! sealed with ChaCha20-Poly1305 under a key that exists only in this process's memory:
 //! what is left on disk after a crash is unreadable, and is removed at the next start.
+//!
+//! A full disk is one more way of being full: the message that did not fit is refused (the
+//! overflow policy applies to it) and the file is left as it was.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +48,9 @@ pub enum Pushed {
     QueuedDropping(usize),
     /// Not queued: full, with the `pause` policy. Here it is back; try again later.
     Full(Box<Captured>),
+    /// Not queued, with the `drop_oldest` policy and the disk full: this message and
+    /// `n - 1` older ones were dropped.
+    Dropped(usize),
 }
 
 /// Queue depth, for metrics.
@@ -57,11 +62,14 @@ pub struct Depth {
 }
 
 /// The disk part: `[u32 length][ciphertext ‖ tag]` records, the nonce a record counter.
+/// Bytes `[0, flushed)` are in the file, `[flushed, written)` in `pending`; records are read
+/// back from either by offset.
 struct Spill {
     path: PathBuf,
-    /// Buffered: one write per 64 KiB, not per message (the receive path pays for it).
-    writer: BufWriter<File>,
-    reader: BufReader<File>,
+    file: File,
+    /// Written in one piece per 64 KiB, not per message (the receive path pays for it).
+    pending: Vec<u8>,
+    flushed: u64,
     /// A fresh key per spill file, never written anywhere (zeroized on drop).
     cipher: ChaCha20Poly1305,
     written_records: u64,
@@ -69,6 +77,39 @@ struct Spill {
     written: u64,
     read: u64,
     messages: usize,
+}
+
+const SPILL_BUFFER: usize = 64 << 10;
+
+impl Spill {
+    /// Moves `pending` into the file; on error the file is cut back and `pending` kept.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all_at(&self.pending, self.flushed) {
+            self.file.set_len(self.flushed)?;
+            return Err(e);
+        }
+        self.flushed += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// `buf.len()` bytes at `offset`, from the file or from `pending`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset >= self.flushed {
+            let start = (offset - self.flushed) as usize;
+            let bytes = self
+                .pending
+                .get(start..start + buf.len())
+                .ok_or_else(|| std::io::Error::other("a queue record is cut short"))?;
+            buf.copy_from_slice(bytes);
+            Ok(())
+        } else {
+            self.file.read_exact_at(buf, offset)
+        }
+    }
 }
 
 fn record_nonce(counter: u64) -> Nonce {
@@ -206,18 +247,28 @@ impl Backlog {
                 path: spill.path.display().to_string(),
                 source: std::io::Error::other("sealing a queue record failed"),
             })?;
-        let mut record = Vec::with_capacity(4 + sealed.len());
-        record.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        record.extend_from_slice(&sealed);
+        let before = spill.pending.len();
         spill
-            .writer
-            .write_all(&record)
-            .map_err(|source| BacklogError {
-                path: spill.path.display().to_string(),
-                source,
-            })?;
+            .pending
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        spill.pending.extend_from_slice(&sealed);
+        if spill.pending.len() >= SPILL_BUFFER {
+            if let Err(source) = spill.flush() {
+                spill.pending.truncate(before);
+                if crate::spool::is_disk_full(&source) {
+                    return Ok(match self.config.overflow {
+                        Overflow::Pause => Pushed::Full(Box::new(item)),
+                        Overflow::DropOldest => Pushed::Dropped(dropped + 1),
+                    });
+                }
+                return Err(BacklogError {
+                    path: spill.path.display().to_string(),
+                    source,
+                });
+            }
+        }
         spill.written_records += 1;
-        spill.written += record.len() as u64;
+        spill.written += (4 + sealed.len()) as u64;
         spill.messages += 1;
         let queued = Self::messages(&inner);
         drop(inner);
@@ -238,20 +289,21 @@ impl Backlog {
 
     fn open_spill(&self) -> Result<Spill, BacklogError> {
         let path = self.dir.join("queue.bin");
-        let writer = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .write(true)
             .truncate(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| self.error(e))?;
-        let reader = File::open(&path).map_err(|e| self.error(e))?;
         let key = stream::keys::Secret32::random()
             .map_err(|_| self.error(std::io::Error::other("no randomness for the queue key")))?;
         Ok(Spill {
             path,
-            writer: BufWriter::with_capacity(64 << 10, writer),
-            reader: BufReader::new(reader),
+            file,
+            pending: Vec::with_capacity(SPILL_BUFFER),
+            flushed: 0,
             cipher: ChaCha20Poly1305::new(key.expose().into()),
             written_records: 0,
             read_records: 0,
@@ -279,12 +331,10 @@ impl Backlog {
             path: path.clone(),
             source,
         };
-        // What is still buffered must reach the file before it is read back.
-        spill.writer.flush().map_err(io)?;
         let mut len = [0u8; 4];
-        spill.reader.read_exact(&mut len).map_err(io)?;
+        spill.read_at(&mut len, spill.read).map_err(io)?;
         let mut sealed = vec![0u8; u32::from_le_bytes(len) as usize];
-        spill.reader.read_exact(&mut sealed).map_err(io)?;
+        spill.read_at(&mut sealed, spill.read + 4).map_err(io)?;
         let plain = zeroize::Zeroizing::new(
             spill
                 .cipher

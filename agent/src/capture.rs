@@ -191,7 +191,7 @@ impl Receiver {
         loop {
             match self.backlog.push(item) {
                 Ok(Pushed::Queued) => return,
-                Ok(Pushed::QueuedDropping(n)) => {
+                Ok(Pushed::QueuedDropping(n) | Pushed::Dropped(n)) => {
                     self.dropped.inc_by(n as u64);
                     return;
                 }

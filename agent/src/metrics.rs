@@ -47,6 +47,10 @@ pub struct Metrics {
     pub feed_via_object_store: Family<Labels, Counter>,
     pub feed_reconnects: Family<Labels, Gauge>,
     pub feed_connected: Family<Labels, Gauge>,
+    pub disk_full_retries: Counter,
+    pub disk_full: Gauge,
+    /// Why writes are paused, if they are (the disk is full).
+    disk_full_reason: std::sync::Mutex<Option<String>>,
     /// Why uploads are degraded, if they are (a backlog that does not move).
     uploads_behind: std::sync::Mutex<Option<String>>,
     /// How keyd answered the last call: [`KEYD_UP`], [`KEYD_UNREACHABLE`], [`KEYD_REFUSES`].
@@ -145,6 +149,16 @@ impl Metrics {
                 "Times a topic stopped reading from DDS because the queue was full",
                 Family::default()
             ),
+            disk_full_retries: metric!(
+                "disk_full_retries",
+                "Spool and chain writes that found the disk full (each retried with backoff)",
+                Counter::default()
+            ),
+            disk_full: metric!(
+                "disk_full",
+                "1 while the agent has stopped accepting because the disk is full",
+                Gauge::default()
+            ),
             keyd_errors: metric!(
                 "keyd_errors",
                 "keyd calls that failed and may succeed later (retried with backoff)",
@@ -232,6 +246,7 @@ impl Metrics {
                 "1 while a NATS output is connected",
                 Family::default()
             ),
+            disk_full_reason: std::sync::Mutex::new(None),
             uploads_behind: std::sync::Mutex::new(None),
             keyd: AtomicU8::new(KEYD_UNREACHABLE),
             pipeline_up: AtomicBool::new(true),
@@ -251,11 +266,22 @@ impl Metrics {
         text
     }
 
-    /// `Ok` when keyd answers, the pipeline runs and uploads keep up; otherwise the reason
-    /// (uploads that fall behind say `degraded: …`: capture goes on).
+    /// `Ok` when keyd answers, the pipeline runs, the disk takes writes and uploads keep up;
+    /// otherwise the reason (a full disk and uploads that fall behind say `degraded: …`: the
+    /// agent goes on by itself once they mend).
     pub fn health(&self) -> Result<(), String> {
         if !self.pipeline_up.load(Ordering::Relaxed) {
             return Err("pipeline stopped".into());
+        }
+        match self.disk_full_reason.lock() {
+            Ok(full) => {
+                if let Some(why) = full.as_ref() {
+                    return Err(format!(
+                        "degraded: the disk is full, not accepting until writes succeed again ({why})"
+                    ));
+                }
+            }
+            Err(_) => return Err("disk: state unavailable".into()),
         }
         match self.keyd.load(Ordering::Relaxed) {
             KEYD_UP => {}
@@ -268,6 +294,14 @@ impl Metrics {
         match self.uploads_behind.lock() {
             Ok(behind) => behind.clone().map_or(Ok(()), Err),
             Err(_) => Err("uploads: state unavailable".into()),
+        }
+    }
+
+    /// Sets (or clears) why writes are paused.
+    pub fn set_disk_full(&self, why: Option<String>) {
+        self.disk_full.set(why.is_some() as i64);
+        if let Ok(mut full) = self.disk_full_reason.lock() {
+            *full = why;
         }
     }
 

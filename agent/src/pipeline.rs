@@ -11,6 +11,10 @@
 //! not fit a key's purpose), that is reported as a refusal (log, metric, `/health`) and
 //! retried at the longest backoff, until the operator mends it: nothing accepted is dropped.
 //! A sequence number keyd will not sign is renumbered from where keyd says it continues.
+//!
+//! A full disk pauses the writer the same way ([`DiskPause`]): the write that failed is
+//! undone and retried with backoff, `/health` says why, the queue in front takes the load and
+//! then its overflow policy (counted), and the writer goes on by itself once a write succeeds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -77,6 +81,74 @@ impl Backoff {
         self.next = self.max;
     }
 }
+
+/// The writer's state while the disk is full.
+#[derive(Debug)]
+pub struct DiskPause {
+    backoff: Backoff,
+    paused: bool,
+}
+
+impl DiskPause {
+    pub fn new(max_ms: u64) -> Self {
+        DiskPause {
+            backoff: Backoff::new(max_ms),
+            paused: false,
+        }
+    }
+
+    /// After a write that found the disk full: reports it, waits. Returns whether to give up
+    /// (stopping).
+    fn wait(&mut self, error: &SpoolError, metrics: &Metrics, stop: &AtomicBool) -> bool {
+        metrics.disk_full_retries.inc();
+        if !self.paused {
+            self.paused = true;
+            tracing::error!(error = %error, "the disk is full: not accepting; retrying writes until there is room");
+            metrics.set_disk_full(Some(error.to_string()));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.backoff.wait(stop);
+        false
+    }
+
+    /// After a write that succeeded.
+    fn resumed(&mut self, metrics: &Metrics) {
+        if self.paused {
+            self.paused = false;
+            self.backoff.reset();
+            tracing::info!("the disk takes writes again: accepting");
+            metrics.set_disk_full(None);
+        }
+    }
+
+    /// Runs `write` until it succeeds, while the disk is full; `None` if stopping meanwhile.
+    fn retry<T>(
+        &mut self,
+        metrics: &Metrics,
+        stop: &AtomicBool,
+        mut write: impl FnMut() -> Result<T, SpoolError>,
+    ) -> Result<Option<T>, SpoolError> {
+        loop {
+            match write() {
+                Ok(v) => {
+                    self.resumed(metrics);
+                    return Ok(Some(v));
+                }
+                Err(e) if e.is_disk_full() => {
+                    if self.wait(&e, metrics, stop) {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The longest wait between writes to a full disk: space that returns is used soon.
+const DISK_BACKOFF_MAX_MS: u64 = 2_000;
 
 /// How a failed keyd call is retried: a refusal waits the longest, a sequence conflict not
 /// at all (once), anything else with backoff. Returns whether to give up (stopping).
@@ -243,6 +315,7 @@ pub fn run_writer(
 ) -> Result<(), PipelineError> {
     let fsync = config.spool_fsync == SpoolFsync::Batch;
     let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
+    let mut disk = DiskPause::new(DISK_BACKOFF_MAX_MS);
     let mut listers: Vec<Option<Lister>> = config
         .topics
         .iter()
@@ -260,6 +333,7 @@ pub fn run_writer(
     }
     let mut commit = |index: usize,
                       spool: &mut TopicSpool,
+                      disk: &mut DiskPause,
                       give_up: bool|
      -> Result<bool, PipelineError> {
         let topic = &config.topics[index].topic;
@@ -269,6 +343,7 @@ pub fn run_writer(
                 Ok(done) => {
                     metrics.observe_keyd("chunk", started.elapsed(), KeydOutcome::Ok);
                     backoff.reset();
+                    disk.resumed(metrics);
                     if let Some(c) = done {
                         let labels = metrics::topic(topic);
                         metrics.chunks.get_or_create(&labels).inc();
@@ -288,6 +363,11 @@ pub fn run_writer(
                     metrics.observe_keyd("chunk", started.elapsed(), KeydOutcome::of_error(&e));
                     tracing::warn!(topic = %topic, "keyd could not close the chunk");
                     if give_up || after_failure(&e, "close the chunk", &mut backoff, stop) {
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.is_disk_full() => {
+                    if give_up || disk.wait(&e, metrics, stop) {
                         return Ok(false);
                     }
                 }
@@ -321,7 +401,7 @@ pub fn run_writer(
                 line.push('\n');
                 let spool = &mut spools[index];
                 if spool.full_before(&topic.chunk, line.len()) {
-                    commit(index, spool, false)?;
+                    commit(index, spool, &mut disk, false)?;
                 }
                 spool.append(line.as_bytes());
                 let a = accepted[index].get_or_insert((sequence, sequence, 0));
@@ -332,12 +412,19 @@ pub fn run_writer(
                 let Some((first, last, count)) = a else {
                     continue;
                 };
-                if fsync {
-                    spools[index].sync()?;
-                } else {
-                    spools[index].flush()?;
-                }
+                let spool = &mut spools[index];
+                let written = disk.retry(metrics, stop, || {
+                    if fsync {
+                        spool.sync()
+                    } else {
+                        spool.flush()
+                    }
+                })?;
                 let topic = &config.topics[index].topic;
+                if written.is_none() {
+                    tracing::warn!(topic = %topic, first_sequence = first, last_sequence = last, "stopping while the disk is full: these signed packages were not accepted");
+                    continue;
+                }
                 let labels = metrics::topic(topic);
                 metrics.spooled.get_or_create(&labels).inc_by(count);
                 metrics
@@ -350,7 +437,13 @@ pub fn run_writer(
         let now = Instant::now();
         for (index, spool) in spools.iter_mut().enumerate() {
             if spool.expired(&config.topics[index].chunk, now) {
-                commit(index, spool, false)?;
+                commit(index, spool, &mut disk, false)?;
+            }
+            if spool.manifest_stale() {
+                match spool.refresh_manifest() {
+                    Err(e) if !e.is_disk_full() => return Err(e.into()),
+                    _ => {}
+                }
             }
         }
         for (index, lister) in listers.iter_mut().enumerate() {
@@ -375,9 +468,13 @@ pub fn run_writer(
     }
     // Clean stop: publish what is open, unless keyd is gone (then it stays in the spool).
     for (index, spool) in spools.iter_mut().enumerate() {
-        spool.sync()?;
-        if !commit(index, spool, true)? {
-            tracing::warn!(topic = %config.topics[index].topic, packages = spool.open_packages(), "keyd unreachable at stop: the open chunk stays in the spool for the next start");
+        let topic = &config.topics[index].topic;
+        if disk.retry(metrics, stop, || spool.sync())?.is_none() {
+            tracing::warn!(topic = %topic, "the disk is full at stop: packages not yet made durable are lost, the rest stays in the spool");
+            continue;
+        }
+        if !commit(index, spool, &mut disk, true)? {
+            tracing::warn!(topic = %topic, packages = spool.open_packages(), "keyd unreachable or the disk full at stop: the open chunk stays in the spool for the next start");
         }
     }
     Ok(())

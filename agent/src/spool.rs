@@ -54,6 +54,27 @@ pub enum SpoolError {
     Build(#[from] BuildError),
 }
 
+/// Whether `error` says the filesystem is full (or the quota spent): a pause, not a failure.
+pub fn is_disk_full(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+    ) || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+impl SpoolError {
+    /// Whether this failed only because the disk is full: nothing was committed, and the same
+    /// call succeeds once space returns.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            SpoolError::Io { source, .. }
+            | SpoolError::Layout(layout::LayoutError::Io { source, .. }) => is_disk_full(source),
+            _ => false,
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.display().to_string(),
@@ -144,6 +165,10 @@ pub struct TopicSpool {
     opened_at: Option<Instant>,
     /// How much of `open` is written to the file.
     written: usize,
+    /// How much of `open` is known durable (synced).
+    synced: usize,
+    /// The manifest lags the committed chunks (its write found the disk full).
+    manifest_stale: bool,
     /// Bytes written since the last sync.
     unsynced: bool,
 }
@@ -343,6 +368,8 @@ impl TopicSpool {
             file,
             opened_at: (open_packages > 0).then(Instant::now),
             written: open_bytes.len(),
+            synced: open_bytes.len(),
+            manifest_stale: false,
             open: open_bytes,
             open_packages,
             unsynced: false,
@@ -393,28 +420,64 @@ impl TopicSpool {
         self.opened_at.get_or_insert_with(Instant::now);
     }
 
-    /// Writes what was appended to the spool file (one write for the batch).
+    /// Writes what was appended to the spool file (one write for the batch). On error the
+    /// file is cut back to what it held before, so the call can be repeated.
     pub fn flush(&mut self) -> Result<(), SpoolError> {
         if self.written < self.open.len() {
             let path = self.spool.join(SPOOL_FILE);
-            self.file
-                .write_all(&self.open[self.written..])
-                .map_err(io(&path))?;
+            if let Err(e) = self.file.write_all(&self.open[self.written..]) {
+                self.rewind(self.written)?;
+                return Err(io(&path)(e));
+            }
             self.written = self.open.len();
             self.unsynced = true;
         }
         Ok(())
     }
 
-    /// Makes every appended package durable.
+    /// Makes every appended package durable. After a failed sync the bytes since the last
+    /// good one are written again (a failed `fsync` may have dropped them from the cache).
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         self.flush()?;
         if self.unsynced {
             let path = self.spool.join(SPOOL_FILE);
-            self.file.sync_data().map_err(io(&path))?;
+            if let Err(e) = self.file.sync_data() {
+                self.rewind(self.synced)?;
+                return Err(io(&path)(e));
+            }
             self.unsynced = false;
         }
+        self.synced = self.written;
         Ok(())
+    }
+
+    /// Cuts the spool file back to `len` bytes of `open` and writes on from there.
+    fn rewind(&mut self, len: usize) -> Result<(), SpoolError> {
+        let path = self.spool.join(SPOOL_FILE);
+        self.file
+            .set_len(len as u64)
+            .and_then(|()| self.file.seek(SeekFrom::Start(len as u64)))
+            .map_err(|e| SpoolError::Inconsistent {
+                path: path.display().to_string(),
+                reason: format!("a write failed and the file could not be cut back: {e}"),
+            })?;
+        self.written = len;
+        self.synced = self.synced.min(len);
+        Ok(())
+    }
+
+    /// Rewrites the manifest if a commit could not (the disk was full then).
+    pub fn refresh_manifest(&mut self) -> Result<(), SpoolError> {
+        if self.manifest_stale {
+            self.writer.write_manifest(&mut self.output)?;
+            self.manifest_stale = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the manifest still lags the committed chunks.
+    pub fn manifest_stale(&self) -> bool {
+        self.manifest_stale
     }
 
     /// Appends chunk `envelope`'s line to `index.jsonl` (synced: before the commit point, so
@@ -433,10 +496,23 @@ impl TopicSpool {
             }
         };
         if let Some(entry) = entry {
-            self.index_file
+            let before = self.index_file.metadata().map_err(io(&path))?.len();
+            if let Err(e) = self
+                .index_file
                 .write_all(entry.to_line().as_bytes())
                 .and_then(|()| self.index_file.sync_data())
-                .map_err(io(&path))?;
+            {
+                // No torn line: cut back to the lines of committed chunks.
+                self.index_file
+                    .set_len(before)
+                    .map_err(|cut| SpoolError::Inconsistent {
+                        path: path.display().to_string(),
+                        reason: format!(
+                            "a write failed ({e}) and the file could not be cut back: {cut}"
+                        ),
+                    })?;
+                return Err(io(&path)(e));
+            }
         }
         Ok(())
     }
@@ -490,13 +566,22 @@ impl TopicSpool {
             let path = self.spool.join(SPOOL_FILE);
             self.open = fs::read(&path).map_err(io(&path))?;
             self.written = self.open.len();
+            self.synced = self.synced.min(self.written);
             return Err(e);
         }
         // Committed. The rest is redone by recovery if interrupted.
         self.writer = next;
         self.committed
             .store(self.writer.next_index(), Ordering::Release);
-        self.writer.write_manifest(&mut self.output)?;
+        self.manifest_stale = true;
+        match self.refresh_manifest() {
+            Ok(()) => {}
+            // Committed all the same: the manifest is written again when space returns.
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(error = %e, "manifest not rewritten: the disk is full");
+            }
+            Err(e) => return Err(e),
+        }
 
         let path = self.spool.join(SPOOL_FILE);
         self.file.set_len(0).map_err(io(&path))?;
@@ -508,6 +593,7 @@ impl TopicSpool {
         };
         self.open.clear();
         self.written = 0;
+        self.synced = 0;
         self.open_packages = 0;
         self.opened_at = None;
         self.unsynced = false;

@@ -49,8 +49,10 @@ _made: list[Path] = []
 @pytest.fixture(scope="module", autouse=True)
 def remove_private_dirs():
     """The directories below are outside pytest's tmp_path (they must be short and reachable
-    by the agent's user): remove them when the module is done."""
+    by the agent's user): remove them when the module is done (PEAQOS_KEEP=1 keeps them)."""
     yield
+    if os.environ.get("PEAQOS_KEEP"):
+        return
     while _made:
         shutil.rmtree(_made.pop(), ignore_errors=True)
 
@@ -299,6 +301,63 @@ def test_keyd_restart_under_load_loses_nothing(keyd):
     in_netns(script, timeout=120)
     assert "keyd could not sign; retrying" in log.read_text() or "keyd could not close" in log.read_text()
     check_exactly_once(keyd, work, accepted_sequences(log), published=6000)
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a metric's samples in a Prometheus text exposition (0 if absent)."""
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"))
+
+
+@needs_root
+def test_full_disk_pauses_and_resumes_by_itself(keyd):
+    """Spool, queue and chain on a 16 MiB tmpfs that fills up under load: the agent stops
+    accepting (drop_oldest counts what it refused), says so on /health, retries, and resumes
+    when space returns; every accepted package is published exactly once, and what it
+    received is either published or counted as dropped."""
+    if keyd["backend"] != "software":
+        pytest.skip("one backend is enough for the disk test")
+    work = private_dir("ead")
+    agent_dir = work / "agent"
+    agent_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(agent_dir)], check=True)
+    try:
+        os.chown(agent_dir, 65534, 65534)
+        path = work / "map.yaml"
+        path.write_text(f"keyd:\n  socket: {keyd['socket']}\n  backoff_max_ms: 500\nspool_dir: {agent_dir}/spool\n"
+                        f"output_dir: {agent_dir}/out\nmetrics:\n  listen: 127.0.0.1:9464\n"
+                        "queue:\n  memory_bytes: 65536\n  disk_bytes: 4194304\n  overflow: drop_oldest\n"
+                        f"topics:\n{COUNT_TOPIC}")
+        log = work / "agent.log"
+        fill = agent_dir / "fill"
+        script = (f"{agent_cmd(path, log)} &\nagent=$!\n{wait_subscribed(log, 1)}"
+                  f"{publish_cmd('/count', 'string', 8000, rate=1000, linger=1)} &\npub=$!\n"
+                  f"sleep 1.5\ndd if=/dev/zero of={fill} bs=64k 2>/dev/null || true\n"
+                  "for _ in $(seq 100); do curl -s 127.0.0.1:9464/health > health-full.txt || true;"
+                  " grep -q 'disk is full' health-full.txt && break; sleep 0.1; done\n"
+                  "curl -s 127.0.0.1:9464/metrics > metrics-full.txt\n"
+                  f"sleep 2\nrm -f {fill}\n"
+                  "for _ in $(seq 100); do curl -sf 127.0.0.1:9464/health > health-after.txt && break; sleep 0.1; done\n"
+                  "wait $pub\nsleep 1.5\ncurl -s 127.0.0.1:9464/metrics > metrics.txt\n"
+                  "kill -TERM $agent; wait $agent\n")
+        in_netns(f"cd {shlex.quote(str(work))}\n" + script, timeout=120)
+        text = log.read_text()
+        assert "the disk is full: not accepting" in text, text[-3000:]
+        assert "the disk takes writes again" in text, text[-3000:]
+        assert "disk is full" in (work / "health-full.txt").read_text()
+        assert (work / "health-after.txt").read_text().strip() == "ok"
+        full = (work / "metrics-full.txt").read_text()
+        assert metric(full, "edge_agent_disk_full") == 1, full
+        metrics = (work / "metrics.txt").read_text()
+        assert metric(metrics, "edge_agent_disk_full") == 0
+        assert metric(metrics, "edge_agent_disk_full_retries_total") > 0
+        numbers = check_exactly_once(keyd, work, accepted_sequences(log))
+        received = metric(metrics, "edge_agent_received_total")
+        dropped = metric(metrics, "edge_agent_dropped_total")
+        assert received == len(numbers) + dropped, (received, len(numbers), dropped)
+        assert numbers[-1] == 7999, "capture did not resume after the disk had room again"
+    finally:
+        subprocess.run(["umount", "-l", str(agent_dir)], check=False)
 
 
 def test_check_names_file_line_and_key(tmp_path):
