@@ -161,7 +161,9 @@ def check_datasets(keyd: dict, chain: Path, work: Path) -> None:
         (c / f"chunk-{k + 1}.json").rename(c / f"chunk-{k}.json")
         (c / "x").rename(c / f"chunk-{k + 1}.json")
     refused([*verify, str(tampered("reordered", swap))], "index", work)
-    edited = tampered("edited", lambda c: (c / f"chunk-{k}.bin").write_bytes(b"x" + (c / f"chunk-{k}.bin").read_bytes()[1:]))
+    # One bit flipped (writing a fixed byte would change nothing when the ciphertext starts with it).
+    edited = tampered("edited", lambda c: (c / f"chunk-{k}.bin").write_bytes(
+        bytes([(c / f"chunk-{k}.bin").read_bytes()[0] ^ 1]) + (c / f"chunk-{k}.bin").read_bytes()[1:]))
     refused([*verify, str(edited)], "encryptedDataHash", work)
     garbled = tampered("garbled", lambda c: (c / f"chunk-{k}.json").write_text("{not json"))
     result = ours(*verify, str(garbled), check=False, cwd=work)
