@@ -129,15 +129,27 @@ pub fn start(
             decode_errors: metrics.decode_errors.get_or_create(&labels).clone(),
             dropped: metrics.dropped.get_or_create(&labels).clone(),
             paused: metrics.paused.get_or_create(&labels).clone(),
+            lost: metrics.samples_lost.get_or_create(&labels).clone(),
         };
         tokio::spawn(async move {
             let stream = subscription.async_stream_seed(MessageSeed(task.topic.msg_type.clone()));
             futures::pin_mut!(stream);
+            let mut gaps = Gaps::default();
             while let Some(sample) = stream.next().await {
                 if task.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                task.receive(sample.map(|(decoded, _info)| decoded)).await;
+                let sample = match sample {
+                    Ok((decoded, info)) => {
+                        gaps.seen(info.publisher_gid(), info.sequence_number(), &task);
+                        Ok(decoded)
+                    }
+                    Err(e) => {
+                        gaps.undecoded += 1;
+                        Err(e)
+                    }
+                };
+                task.receive(sample).await;
             }
         });
         tracing::info!(topic = %topic.topic, r#type = %topic.type_name, qos = ?topic.qos.profile, depth = topic.qos.depth(), "subscribed");
@@ -155,6 +167,36 @@ pub fn start(
     Ok(context)
 }
 
+/// Samples a publisher sent that never reached the agent, from the gaps in each publisher's
+/// sequence numbers (RustDDS does not report sample-lost status): the reader cache overwrote
+/// them while the agent was not reading, the publisher's history dropped them before they
+/// were delivered, or the network lost them (best effort). The first sample seen from a
+/// publisher starts its count. A sample that arrived but did not decode carries no sequence
+/// number; it is counted as a decode error, not as lost.
+#[derive(Default)]
+struct Gaps {
+    last: std::collections::HashMap<ros2_client::Gid, i64>,
+    /// Samples that failed to decode since the last gap (each leaves a gap of one).
+    undecoded: u64,
+}
+
+impl Gaps {
+    fn seen(&mut self, publisher: ros2_client::Gid, sequence: i64, task: &Receiver) {
+        let previous = self.last.insert(publisher, sequence);
+        let Some(previous) = previous.filter(|p| sequence > p + 1) else {
+            return;
+        };
+        let gap = (sequence - previous - 1) as u64;
+        let explained = gap.min(self.undecoded);
+        self.undecoded -= explained;
+        let lost = gap - explained;
+        if lost > 0 {
+            task.lost.inc_by(lost);
+            tracing::warn!(topic = %task.topic.topic, lost, after_sequence = previous, "samples lost before the agent read them (the reader cache overflowed, the publisher's history dropped them, or the network did)");
+        }
+    }
+}
+
 struct Receiver {
     index: usize,
     topic: TopicConfig,
@@ -166,6 +208,7 @@ struct Receiver {
     decode_errors: Counter,
     dropped: Counter,
     paused: Counter,
+    lost: Counter,
 }
 
 impl Receiver {
@@ -186,6 +229,7 @@ impl Receiver {
             captured_at: stream::layout::utc_iso8601(SystemTime::now(), true),
             size: item_size(&fields),
             fields,
+            origin: None,
         };
         let mut paused = false;
         loop {

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub chunk_bytes: Family<Labels, Counter>,
     pub dropped: Family<Labels, Counter>,
     pub paused: Family<Labels, Counter>,
+    pub samples_lost: Family<Labels, Counter>,
     pub keyd_errors: Family<Labels, Counter>,
     pub keyd_refusals: Family<Labels, Counter>,
     pub keyd_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -158,6 +159,11 @@ impl Metrics {
                 "disk_full",
                 "1 while the agent has stopped accepting because the disk is full",
                 Gauge::default()
+            ),
+            samples_lost: metric!(
+                "samples_lost",
+                "Samples publishers sent that never reached the agent (gaps in their sequence numbers)",
+                Family::default()
             ),
             keyd_errors: metric!(
                 "keyd_errors",
