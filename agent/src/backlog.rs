@@ -35,6 +35,9 @@ pub struct Captured {
     pub captured_at: String,
     #[serde(rename = "f")]
     pub fields: Map<String, Value>,
+    /// Where it came from, when that must be remembered (a bag message's ordinal).
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<u64>,
     /// Approximate size in memory (not written to disk).
     #[serde(skip)]
     pub size: usize,
@@ -445,6 +448,7 @@ mod tests {
             captured_at: format!("t{n}"),
             size: item_size(&fields),
             fields,
+            origin: None,
         }
     }
 

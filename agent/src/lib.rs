@@ -4,6 +4,7 @@
 pub mod backlog;
 pub mod capture;
 pub mod config;
+pub mod import;
 pub mod listing;
 pub mod metrics;
 pub mod msg;

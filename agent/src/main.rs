@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use edge_agent::backlog::Backlog;
 use edge_agent::config::AgentConfig;
+use edge_agent::import::{self, journal::Journal};
 use edge_agent::metrics::Metrics;
 use edge_agent::pipeline::{self, Backoff};
 use edge_agent::spool::TopicSpool;
@@ -44,6 +45,22 @@ enum Command {
     },
     /// Validate a map (keys, types, message definitions, paths) without starting.
     Check { map: PathBuf },
+    /// Import recorded ROS 2 bags (MCAP or sqlite3, as a rosbag2 directory or one file)
+    /// through the map's field rules, keyd and outputs, into chains of their own beside the
+    /// live ones (`imports/<name>/<topic>`). A killed import resumes when run again.
+    Import {
+        /// The Data Event Map (YAML).
+        #[arg(long)]
+        map: PathBuf,
+        /// The chains' directory name under `imports/` (default: the bag's name; one bag only).
+        #[arg(long)]
+        name: Option<String>,
+        /// Never draw a progress bar (it is drawn only on a terminal anyway).
+        #[arg(long)]
+        no_progress: bool,
+        #[arg(required = true)]
+        bags: Vec<PathBuf>,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -96,17 +113,9 @@ fn main() -> ExitCode {
         },
         Command::Run { map } => {
             init_logs(cli.log_format);
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                eprintln!("edge-agent: refusing to run as root: run it as its own unprivileged user (see policies/systemd/edge-agent.service)");
-                return ExitCode::from(2);
-            }
-            let config = match AgentConfig::load(&map) {
+            let config = match load_unprivileged(&map) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("edge-agent: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             match run(config) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -117,7 +126,48 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Import {
+            map,
+            name,
+            no_progress,
+            bags,
+        } => {
+            init_logs(cli.log_format);
+            if name.is_some() && bags.len() > 1 {
+                eprintln!(
+                    "edge-agent: --name names one bag's chains: import one bag at a time with it"
+                );
+                return ExitCode::from(2);
+            }
+            let config = match load_unprivileged(&map) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let progress = !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            match import(config, &bags, name.as_deref(), progress) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    tracing::error!(error = %e, "import stopped");
+                    eprintln!("edge-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// The map, unless the agent runs as root (it refuses) or the map is invalid.
+fn load_unprivileged(map: &std::path::Path) -> Result<AgentConfig, ExitCode> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("edge-agent: refusing to run as root: run it as its own unprivileged user (see policies/systemd/edge-agent.service)");
+        return Err(ExitCode::from(2));
+    }
+    AgentConfig::load(map).map_err(|e| {
+        eprintln!("edge-agent: {e}");
+        ExitCode::from(2)
+    })
 }
 
 /// Keeps the heap from growing with large messages: buffers above 256 KiB are mapped and
@@ -142,6 +192,48 @@ fn yield_to_capture() {
     if r != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "uploads keep the normal CPU priority");
     }
+}
+
+/// Connects to keyd, retrying with backoff until `stop`.
+fn connect_keyd(config: &AgentConfig, metrics: &Metrics, stop: &AtomicBool) -> Option<KeydClient> {
+    let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
+    let keyd = loop {
+        match KeydClient::connect(&config.keyd_socket) {
+            Ok(client) => break client,
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for keyd");
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                backoff.wait(stop);
+            }
+        }
+    };
+    metrics.observe_keyd(
+        "identity",
+        std::time::Duration::ZERO,
+        metrics::KeydOutcome::Ok,
+    );
+    tracing::info!(did = %keyd.identity().did, backend = %keyd.identity().backend_detail, "connected to keyd");
+    Some(keyd)
+}
+
+/// Opens (and recovers) every topic's spool for keyd's DID.
+fn open_spools(
+    config: &AgentConfig,
+    keyd: &KeydClient,
+) -> Result<Vec<TopicSpool>, Box<dyn std::error::Error>> {
+    let did = keyd.identity().did.clone();
+    Ok(config
+        .topics
+        .iter()
+        .map(|t| {
+            let storage = t.uploads.first().map(|u| u.path.clone());
+            TopicSpool::open(&t.spool, &t.output, &did, t.chunk.max_bytes, storage).inspect(|s| {
+                tracing::info!(topic = %t.topic, next_chunk = s.next_index(), open_packages = s.open_packages(), output = %t.output.display(), "spool recovered");
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
@@ -170,61 +262,68 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // keyd first: the spools need its DID, and nothing is accepted without it.
-    let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
-    let keyd = loop {
-        match KeydClient::connect(&config.keyd_socket) {
-            Ok(client) => break client,
-            Err(e) => {
-                tracing::warn!(error = %e, "waiting for keyd");
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                backoff.wait(&stop);
-            }
-        }
+    let Some(keyd) = connect_keyd(&config, &metrics, &stop) else {
+        return Ok(());
     };
-    metrics.observe_keyd(
-        "identity",
-        std::time::Duration::ZERO,
-        metrics::KeydOutcome::Ok,
-    );
-    let did = keyd.identity().did.clone();
-    tracing::info!(%did, backend = %keyd.identity().backend_detail, "connected to keyd");
-
-    let mut spools = config
-        .topics
-        .iter()
-        .map(|t| {
-            let storage = t.uploads.first().map(|u| u.path.clone());
-            TopicSpool::open(&t.spool, &t.output, &did, t.chunk.max_bytes, storage).inspect(|s| {
-                tracing::info!(topic = %t.topic, next_chunk = s.next_index(), open_packages = s.open_packages(), output = %t.output.display(), "spool recovered");
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let uploads = edge_agent::outbox::open(&config, &spools)?;
-    for t in &config.topics {
-        for u in &t.uploads {
-            tracing::info!(topic = %t.topic, output = %u.name, to = %u.path, "uploading committed chunks");
-        }
-    }
+    let mut spools = open_spools(&config, &keyd)?;
     let backlog = Arc::new(Backlog::new(
         &config.spool_dir,
         config.queue,
         config.batch.max_messages,
     )?);
-
     let context = {
         let _guard = runtime.enter();
         capture::start(&config, backlog.clone(), metrics.clone(), stop.clone())?
     };
+    let result = run_pipeline(
+        &config,
+        &keyd,
+        &mut spools,
+        &backlog,
+        &metrics,
+        &stop,
+        None,
+        || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        },
+    );
+    drop(context);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
+    tracing::info!("stopped");
+    Ok(())
+}
 
+/// Runs the signer, the writer and the uploads while `feed` fills the backlog; when `feed`
+/// returns (or `stop`), drains the backlog, commits the open chunks and lets the uploads
+/// catch up.
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    config: &AgentConfig,
+    keyd: &KeydClient,
+    spools: &mut [TopicSpool],
+    backlog: &Backlog,
+    metrics: &Arc<Metrics>,
+    stop: &AtomicBool,
+    journal: Option<&Journal>,
+    feed: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let uploads = edge_agent::outbox::open(config, spools)?;
+    for t in &config.topics {
+        for u in &t.uploads {
+            tracing::info!(topic = %t.topic, output = %u.name, to = %u.path, "uploading committed chunks");
+        }
+    }
     let (sender, receiver) = crossbeam_channel::bounded(2);
     let writer_done = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let signer = std::thread::Builder::new()
             .name("signer".into())
             .spawn_scoped(scope, || {
-                let r = pipeline::run_signer(&config, &backlog, &keyd, &metrics, sender, &stop);
+                let r = pipeline::run_signer(config, backlog, keyd, metrics, sender, stop, journal);
                 if r.is_err() {
                     stop.store(true, Ordering::Relaxed);
                     backlog.close();
@@ -234,8 +333,7 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
         let writer = std::thread::Builder::new()
             .name("writer".into())
             .spawn_scoped(scope, || {
-                let r =
-                    pipeline::run_writer(&config, &mut spools, &keyd, &metrics, receiver, &stop);
+                let r = pipeline::run_writer(config, spools, keyd, metrics, receiver, stop);
                 if r.is_err() {
                     metrics.pipeline_up.store(false, Ordering::Relaxed);
                     stop.store(true, Ordering::Relaxed);
@@ -249,29 +347,137 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
                     .name("uploads".into())
                     .spawn_scoped(scope, || {
                         yield_to_capture();
-                        edge_agent::outbox::run(uploads, metrics.clone(), &stop, &writer_done)
+                        edge_agent::outbox::run(uploads, metrics.clone(), stop, &writer_done)
                     })
             })
             .transpose()?;
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let fed = feed();
         tracing::info!("stopping: draining the queue");
         backlog.close();
         let signed = signer.join().map_err(|_| "the signer thread panicked")?;
         let written = writer.join().map_err(|_| "the writer thread panicked")?;
         // The last chunks are committed: the uploads catch up for a few seconds more.
         writer_done.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         if let Some(uploader) = uploader {
             uploader.join().map_err(|_| "the upload thread panicked")?;
         }
+        fed?;
         signed?;
         written?;
         Ok::<(), Box<dyn std::error::Error>>(())
-    });
-    drop(context);
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result?;
-    tracing::info!("stopped");
-    Ok(())
+    })
+}
+
+/// Imports `bags` one after another; `Ok(false)` when some messages did not decode.
+fn import(
+    config: AgentConfig,
+    bags: &[PathBuf],
+    name: Option<&str>,
+    progress: bool,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    bound_heap();
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        signal_hook::flag::register(signal, signalled.clone())?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let mut clean = true;
+    let mut keyd = None;
+    for path in bags {
+        // Per bag: the pipeline sets it when it finishes; a signal sets it and `signalled`.
+        let stop = Arc::new(AtomicBool::new(signalled.load(Ordering::Relaxed)));
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            signal_hook::flag::register(signal, stop.clone())?;
+        }
+        let plan = import::Plan::new(&config, import::bag::Bag::open(path)?, name)?;
+        let mut journal = Journal::open(
+            &plan.journal_path(),
+            &path.display().to_string(),
+            &plan.topics(),
+        )?;
+        let chains = plan
+            .config
+            .topics
+            .first()
+            .and_then(|t| t.output.parent())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if journal.header().done {
+            println!("{}: already imported into {chains}", path.display());
+            continue;
+        }
+        if keyd.is_none() {
+            keyd = connect_keyd(&config, &metrics, &stop);
+        }
+        let Some(keyd) = keyd.as_ref() else {
+            return Ok(false); // stopped while waiting for keyd
+        };
+        let mut spools = open_spools(&plan.config, keyd)?;
+        let last = spools
+            .iter()
+            .map(TopicSpool::last_sequence)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = import::resume_point(&plan, &journal, &last)?;
+        if !journal.runs().is_empty() || next != journal.header().next {
+            tracing::info!(bag = %path.display(), ?next, "resuming the import");
+            journal.restart(next.clone())?;
+        }
+        let backlog = Backlog::new(
+            &plan.root,
+            plan.config.queue,
+            plan.config.batch.max_messages,
+        )?;
+        let bar = if progress {
+            let bar = indicatif::ProgressBar::new(plan.bag.work()?);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{elapsed_precise}] {wide_bar} {percent}% (eta {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(plan.name.clone());
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        let mut fed = None;
+        run_pipeline(
+            &plan.config,
+            keyd,
+            &mut spools,
+            &backlog,
+            &metrics,
+            &stop,
+            Some(&journal),
+            || {
+                let f = import::feed(&plan, &next, &backlog, &metrics, &stop, |n| {
+                    bar.set_position(n)
+                })?;
+                fed = Some(f);
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        let Some(fed) = fed.filter(|f| !f.stopped) else {
+            tracing::warn!(bag = %path.display(), "import stopped before the end: run it again to resume");
+            return Ok(false);
+        };
+        if spools.iter().any(|s| s.open_packages() > 0) {
+            tracing::warn!(bag = %path.display(), "keyd did not close the last chunks: run the import again to finish");
+            return Ok(false);
+        }
+        journal.finish()?;
+        tracing::info!(bag = %path.display(), messages = fed.messages, imported = fed.queued, resumed_after = fed.skipped, undecodable = fed.undecodable, other_topics = fed.other_topics, chains = %chains, "imported");
+        println!(
+            "{}: {} messages into {chains} ({} already there, {} undecodable, {} of other topics)",
+            path.display(),
+            fed.queued,
+            fed.skipped,
+            fed.undecodable,
+            fed.other_topics
+        );
+        clean &= fed.undecodable == 0;
+    }
+    Ok(clean)
 }

@@ -28,6 +28,7 @@ use stream::signer::{
 
 use crate::backlog::Backlog;
 use crate::config::{AgentConfig, SpoolFsync};
+use crate::import::journal::Journal;
 use crate::listing::Lister;
 use crate::metrics::{self, KeydOutcome, Metrics};
 use crate::spool::{SpoolError, TopicSpool};
@@ -189,11 +190,14 @@ pub enum PipelineError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Backlog(#[from] crate::backlog::BacklogError),
+    #[error(transparent)]
+    Journal(#[from] crate::import::journal::JournalError),
     #[error("a package could not be written: {0}")]
     Package(String),
 }
 
 /// Runs the signer until the backlog is closed and drained (or `stop` while keyd is down).
+/// With `journal` (an import), every signed batch is recorded there before the writer gets it.
 pub fn run_signer(
     config: &AgentConfig,
     backlog: &Backlog,
@@ -201,6 +205,7 @@ pub fn run_signer(
     metrics: &Metrics,
     out: Sender<SignedBatch>,
     stop: &AtomicBool,
+    journal: Option<&Journal>,
 ) -> Result<(), PipelineError> {
     let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
     let signing_key_id = keyd.signing_key_id();
@@ -224,6 +229,7 @@ pub fn run_signer(
             continue;
         }
         let topics: Vec<usize> = batch.iter().map(|c| c.topic).collect();
+        let origins: Vec<u64> = batch.iter().filter_map(|c| c.origin).collect();
         let messages: Vec<UnsignedMessage> = batch
             .into_iter()
             .map(|c| {
@@ -289,6 +295,14 @@ pub fn run_signer(
             );
             return Ok(());
         };
+        if let Some(journal) = journal {
+            if origins.len() != packages.len() {
+                return Err(PipelineError::Package(
+                    "an imported message without its place in the bag".into(),
+                ));
+            }
+            journal.record(&origins, first)?;
+        }
         metrics
             .signed
             .inc_by(packages.iter().filter(|p| p.is_ok()).count() as u64);

@@ -385,6 +385,43 @@ impl TopicSpool {
         self.writer.next_index()
     }
 
+    /// The highest `sequenceNumber` in this topic's spool and chain, if it has packages.
+    pub fn last_sequence(&self) -> Result<Option<u64>, SpoolError> {
+        let sequence_of = |line: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(line)
+                .ok()?
+                .get("sequenceNumber")?
+                .as_u64()
+        };
+        if let Some(line) = self.open.split(|b| *b == b'\n').rfind(|l| !l.is_empty()) {
+            let path = self.spool.join(SPOOL_FILE);
+            return sequence_of(line)
+                .map(Some)
+                .ok_or_else(|| SpoolError::Inconsistent {
+                    path: path.display().to_string(),
+                    reason: "its last package has no sequenceNumber".into(),
+                });
+        }
+        if self.writer.next_index() == 0 {
+            return Ok(None);
+        }
+        let path = self.output.inner().dir().join(INDEX_FILE);
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        bytes
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .and_then(|l| serde_json::from_slice::<ChunkIndexEntry>(l).ok())
+            .filter(|e| e.index + 1 == self.writer.next_index())
+            .map(|e| Some(e.last_sequence_number))
+            .ok_or_else(|| SpoolError::Inconsistent {
+                path: path.display().to_string(),
+                reason: format!(
+                    "has no line for the last chunk ({}): cannot tell which packages the chain holds",
+                    self.writer.next_index() - 1
+                ),
+            })
+    }
+
     /// How many chunks are committed, kept current: the uploads read it.
     pub fn committed(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.committed)

@@ -215,7 +215,7 @@ fn run(
     let mut during = Some(during);
     std::thread::scope(|scope| {
         let signer =
-            scope.spawn(|| pipeline::run_signer(config, &backlog, keyd, &metrics, tx, &stop));
+            scope.spawn(|| pipeline::run_signer(config, &backlog, keyd, &metrics, tx, &stop, None));
         let writer =
             scope.spawn(|| pipeline::run_writer(config, &mut spools, keyd, &metrics, rx, &stop));
         for i in 0..count {
@@ -228,6 +228,7 @@ fn run(
                     captured_at: format!("t{i}"),
                     fields,
                     size,
+                    origin: None,
                 })
                 .unwrap();
             if i == count / 3 {
