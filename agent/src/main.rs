@@ -394,6 +394,7 @@ fn import(
         let mut journal = Journal::open(
             &plan.journal_path(),
             &path.display().to_string(),
+            plan.bag.bytes()?,
             &plan.topics(),
         )?;
         let chains = plan
@@ -463,6 +464,11 @@ fn import(
             tracing::warn!(bag = %path.display(), "import stopped before the end: run it again to resume");
             return Ok(false);
         };
+        if signalled.load(Ordering::Relaxed) {
+            // Fed to the end, but the signer may have stopped with messages unsigned.
+            tracing::warn!(bag = %path.display(), "stopped by a signal: run the import again to finish");
+            return Ok(false);
+        }
         if spools.iter().any(|s| s.open_packages() > 0) {
             tracing::warn!(bag = %path.display(), "keyd did not close the last chunks: run the import again to finish");
             return Ok(false);

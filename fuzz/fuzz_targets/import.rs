@@ -26,5 +26,5 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&journal, data).is_err() {
         return;
     }
-    let _ = Journal::open(&journal, "bag", &["/a".to_string(), "/b".to_string()]);
+    let _ = Journal::open(&journal, "bag", 1836, &["/a".to_string(), "/b".to_string()]);
 });

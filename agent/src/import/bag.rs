@@ -142,6 +142,14 @@ impl Bag {
         })
     }
 
+    /// The storage files' total size in bytes.
+    pub fn bytes(&self) -> Result<u64, BagError> {
+        self.files
+            .iter()
+            .map(|(path, _)| Ok(std::fs::metadata(path).map_err(io(path))?.len()))
+            .sum()
+    }
+
     /// The bag's name: its directory's (or file's) name without extension.
     pub fn name(&self) -> String {
         let name = if self.path.is_dir() {

@@ -38,6 +38,8 @@ pub enum JournalError {
 pub struct Header {
     /// The bag, as given when the import started.
     pub bag: String,
+    /// The bag's storage files' total size then: a changed bag is not resumed.
+    pub bag_bytes: u64,
     /// The map's topics, in order: the ordinals count their messages.
     pub topics: Vec<String>,
     /// Per topic: its first messages (by ordinal) below this are in the chain.
@@ -71,7 +73,12 @@ pub struct Journal {
 impl Journal {
     /// Opens the journal at `path`, or starts one for `bag` and `topics`. Refuses one that
     /// was started with other topics (the ordinals would not mean the same messages).
-    pub fn open(path: &Path, bag: &str, topics: &[String]) -> Result<Journal, JournalError> {
+    pub fn open(
+        path: &Path,
+        bag: &str,
+        bag_bytes: u64,
+        topics: &[String],
+    ) -> Result<Journal, JournalError> {
         let io = |source| JournalError::Io {
             path: path.display().to_string(),
             source,
@@ -102,6 +109,16 @@ impl Journal {
                         Ok(_) => return Err(invalid(i + 1, "a line without its end".into())),
                     }
                 }
+                if header.bag_bytes != bag_bytes {
+                    return Err(invalid(
+                        1,
+                        format!(
+                            "this import started with a bag of {} bytes, {bag} now has {bag_bytes}: the bag changed; remove {} to import it anew",
+                            header.bag_bytes,
+                            path.parent().unwrap_or(path).display()
+                        ),
+                    ));
+                }
                 if header.topics != topics {
                     return Err(invalid(
                         1,
@@ -118,6 +135,7 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let header = Header {
                     bag: bag.to_string(),
+                    bag_bytes,
                     topics: topics.to_vec(),
                     next: topics.iter().map(|t| (t.clone(), 0)).collect(),
                     done: false,
@@ -227,13 +245,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("import.journal");
         let topics = vec!["/a".to_string(), "/b".to_string()];
-        let j = Journal::open(&path, "bag", &topics).unwrap();
+        let j = Journal::open(&path, "bag", 9, &topics).unwrap();
         j.record(&[0, 1, 2, 5, 6], 100).unwrap();
         drop(j);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(b"{\"o\":7,\"s\":1");
         std::fs::write(&path, bytes).unwrap();
-        let mut j = Journal::open(&path, "bag", &topics).unwrap();
+        let mut j = Journal::open(&path, "bag", 9, &topics).unwrap();
         assert_eq!(
             j.runs(),
             [
@@ -253,7 +271,7 @@ mod tests {
             .unwrap();
         j.record(&[9], 200).unwrap();
         drop(j);
-        let j = Journal::open(&path, "bag", &topics).unwrap();
+        let j = Journal::open(&path, "bag", 9, &topics).unwrap();
         assert_eq!(j.header().next["/a"], 3);
         assert_eq!(
             j.runs(),
@@ -264,10 +282,12 @@ mod tests {
             }]
         );
 
-        let e = Journal::open(&path, "bag", &["/a".to_string()]).unwrap_err();
+        let e = Journal::open(&path, "bag", 10, &topics).unwrap_err();
+        assert!(e.to_string().contains("the bag changed"), "{e}");
+        let e = Journal::open(&path, "bag", 9, &["/a".to_string()]).unwrap_err();
         assert!(e.to_string().contains("started with the topics"), "{e}");
         std::fs::write(&path, b"{\"bag\":1}\n").unwrap();
-        let e = Journal::open(&path, "bag", &topics).unwrap_err();
+        let e = Journal::open(&path, "bag", 9, &topics).unwrap_err();
         assert!(e.to_string().contains("import.journal:1"), "{e}");
     }
 }
