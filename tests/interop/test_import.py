@@ -19,6 +19,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from test_agent import AS_AGENT, KEYD_DEV, agent_binary, as_json, bought, needs_root, private_dir
+from test_agent import remove_private_dirs  # noqa: F401  (autouse here too: this module's directories)
 from test_packages import package_from_line
 
 import rospub
