@@ -330,14 +330,21 @@ fn a_refusal_is_reported_as_one_and_nothing_is_dropped() {
     let keyd = FakeKeyd::new();
     keyd.faults.lock().unwrap().deny = true;
     let published = run(&config, &keyd, 120, |keyd, metrics| {
+        // Until keyd's refusal shows (before the first call, health says "unreachable").
         let started = Instant::now();
-        while metrics.health().is_ok() && started.elapsed() < Duration::from_secs(5) {
+        let mut health = metrics.health();
+        while !health.as_ref().is_err_and(|h| h.contains("refuses"))
+            && started.elapsed() < Duration::from_secs(10)
+        {
             std::thread::sleep(Duration::from_millis(10));
+            health = metrics.health();
         }
-        let health = metrics.health().unwrap_err();
+        // The operator mends the policy; first, so that a failed assertion below cannot
+        // leave the signer retrying forever.
+        keyd.faults.lock().unwrap().deny = false;
+        let health = health.unwrap_err();
         assert!(health.contains("refuses"), "{health}");
         assert!(metrics.render().contains("edge_agent_keyd_refusals_total"));
-        keyd.faults.lock().unwrap().deny = false; // the operator mends the policy
     });
     assert_exactly_once_in_order(&published, 120);
 }
