@@ -302,6 +302,19 @@ pub fn feed(
         .iter()
         .map(|t| next.get(&t.topic).copied().unwrap_or(0))
         .collect();
+    // Per topic, looked up once (not a label allocation and a lock per message).
+    let counters: Vec<_> = plan
+        .config
+        .topics
+        .iter()
+        .map(|t| {
+            let labels = crate::metrics::topic(&t.topic);
+            (
+                metrics.received.get_or_create(&labels).clone(),
+                metrics.decode_errors.get_or_create(&labels).clone(),
+            )
+        })
+        .collect();
     let mut fed = Fed::default();
     let mut ordinal = 0u64;
     let flow = plan.bag.read::<ImportError>(
@@ -318,12 +331,12 @@ pub fn feed(
                 return Ok(Flow::Continue);
             }
             let topic = &plan.config.topics[i];
-            let labels = crate::metrics::topic(&topic.topic);
-            metrics.received.get_or_create(&labels).inc();
+            let (received, decode_errors) = &counters[i];
+            received.inc();
             let fields = match decode(&topic.msg_type, m.data) {
                 Ok(fields) => fields,
                 Err(e) => {
-                    metrics.decode_errors.get_or_create(&labels).inc();
+                    decode_errors.inc();
                     fed.undecodable += 1;
                     tracing::warn!(bag = %path.display(), topic = %topic.topic, ordinal = o, error = %e, "a message did not decode as the map's type: not imported");
                     return Ok(Flow::Continue);
