@@ -4,7 +4,7 @@ nats-server, one node and a three-node cluster with a replicated stream), and
 in a private network namespace with only loopback.
 
 Faults: the agent killed (SIGKILL) while it publishes, the server stopped for a while under
-load, a cluster node killed, the follower killed; a forged chunk, a chunk of another machine
+load, a cluster node killed, the follower killed (and started again while no server answers); a forged chunk, a chunk of another machine
 and a gap, each refused and named. After each run the follower's directory equals the
 agent's local output byte for byte, verifies and decrypts with the reference, and a fresh
 replay of the stream finds no chunk twice.
@@ -202,6 +202,10 @@ def test_agent_to_follower_through_kills_and_an_outage(netns, keyd):
         while time.time() < deadline and health[0] == 200:
             time.sleep(1)
             health = netns.get("http://127.0.0.1:9464/health")
+        # A follower (re)started while no server answers waits for one.
+        follower.kill()
+        follower.start()
+        time.sleep(1)
         server.start()
         reconnects: list[str] = []
         deadline = time.time() + 12

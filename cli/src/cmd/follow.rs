@@ -96,12 +96,27 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
         credentials: args.credentials.clone(),
         name: "peaqos stream follow".into(),
     };
-    let connection = feed::connect::connect(&settings, "--nats")
-        .await
-        .map_err(|e| match e {
-            feed::FeedError::Setting { .. } | feed::FeedError::Credentials { .. } => input(e),
-            e => network(e),
-        })?;
+    // A server not up yet (started beside the follower, restarting): tried again with
+    // backoff, as the stream is below.
+    let mut wait = SETUP_BACKOFF_MIN;
+    let started = std::time::Instant::now();
+    let connection = loop {
+        match feed::connect::connect(&settings, "--nats").await {
+            Ok(connection) => break connection,
+            Err(e @ (feed::FeedError::Setting { .. } | feed::FeedError::Credentials { .. })) => {
+                return Err(input(e))
+            }
+            Err(e) if started.elapsed() + wait > SETUP_PATIENCE => return Err(network(e)),
+            Err(e) => {
+                warn(
+                    out,
+                    &format!("{e}; trying again in {} ms", wait.as_millis()),
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(SETUP_BACKOFF_MAX);
+            }
+        }
+    };
     let spec = StreamSpec {
         name: args.stream.clone(),
         subject_prefix: prefix.clone(),
