@@ -10,7 +10,7 @@ use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use ros2_client::{
     qos::{Durability, History, Reliability, WhenFull},
-    Context, ContextOptions, MessageTypeName, Name, NodeName, NodeOptions, QosProfile,
+    Context, MessageTypeName, Name, NodeName, NodeOptions, QosProfile,
 };
 
 use crate::backlog::{item_size, Backlog, Captured, Pushed};
@@ -72,6 +72,75 @@ pub fn ros_qos(qos: &Qos, ty: &MsgType) -> QosProfile {
     }
 }
 
+/// The receive buffer asked for each DDS socket: enough for a burst of the map's largest
+/// samples while the DDS event loop is busy (a 1 MiB point cloud is ~16 datagrams of 64 KiB;
+/// the kernel counts its bookkeeping too). The kernel caps it at `net.core.rmem_max`.
+pub fn receive_buffer_bytes(config: &AgentConfig) -> usize {
+    if config.topics.iter().any(|t| has_blob(&t.msg_type)) {
+        BLOB_RECEIVE_BUFFER
+    } else {
+        SMALL_RECEIVE_BUFFER
+    }
+}
+
+/// The receive buffer for maps of small messages only (RustDDS's own default).
+pub const SMALL_RECEIVE_BUFFER: usize = 8 << 20;
+/// The receive buffer for maps with images or point clouds.
+pub const BLOB_RECEIVE_BUFFER: usize = 32 << 20;
+
+/// Every second: the kernel's drops on the agent's UDP sockets into a counter (and a
+/// warning), the receive buffer the kernel gave them into a gauge; once, a warning if the kernel gave
+/// less than `wanted`.
+async fn watch_udp_sockets(metrics: Arc<Metrics>, wanted: usize) {
+    let mut counted = 0u64;
+    let mut checked_buffer = false;
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let stats = match crate::udp_sockets::stats() {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the kernel's UDP counters: kernel drops are not counted");
+                return;
+            }
+        };
+        if let Some(reported) = stats.receive_buffer {
+            metrics.udp_receive_buffer.set(reported as i64);
+            // Linux reports twice what it granted to the data.
+            if !checked_buffer && reported / 2 < wanted as u64 {
+                tracing::warn!(granted = reported / 2, wanted, "the DDS sockets' receive buffers are smaller than this map wants: a burst can overflow them (raise the sysctl net.core.rmem_max; the package's /usr/lib/sysctl.d/60-edge-agent.conf does)");
+            }
+            checked_buffer = true;
+        }
+        if stats.drops > counted {
+            let new = stats.drops - counted;
+            metrics.udp_receive_drops.inc_by(new);
+            tracing::warn!(dropped = new, total = stats.drops, "the kernel dropped datagrams on the agent's DDS sockets (a receive buffer was full)");
+        }
+        counted = counted.max(stats.drops);
+    }
+}
+
+/// The DDS QoS of a topic: its ROS 2 profile, and resource limits equal to its history
+/// depth. Without them RustDDS keeps 64 samples per topic in its cache after the reader
+/// took them (its default limit), which for 1 MiB point clouds is 64 MiB of memory holding
+/// nothing anyone will read again.
+pub fn dds_topic_qos(qos: &QosProfile) -> rustdds::QosPolicies {
+    let depth = match qos.history {
+        History::KeepLast { depth } => i32::try_from(depth).unwrap_or(i32::MAX),
+        History::KeepAll => MIN_RECEIVE_CACHE as i32,
+    };
+    rustdds::QosPolicies::from(qos).modify_by(
+        &rustdds::QosPolicyBuilder::new()
+            .resource_limits(rustdds::policy::ResourceLimits {
+                max_samples: depth,
+                max_instances: 1,
+                max_samples_per_instance: depth,
+            })
+            .build(),
+    )
+}
+
 /// `/robot/imu` → namespace `/robot`, base name `imu`.
 fn ros_name(topic: &str) -> Result<Name, String> {
     let (namespace, base) = topic.rsplit_once('/').ok_or("not an absolute name")?;
@@ -94,12 +163,18 @@ pub fn start(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> Result<Context, CaptureError> {
-    let context = Context::with_options(ContextOptions::new().domain_id(config.domain_id))
+    let wanted = receive_buffer_bytes(config);
+    let participant = rustdds::DomainParticipantBuilder::new(config.domain_id)
+        .socket_receive_buffer_size(wanted)
+        .build()
         .map_err(|e| CaptureError::Dds(format!("{e:?}")))?;
+    let context = Context::from_domain_participant(participant)
+        .map_err(|e| CaptureError::Dds(format!("{e:?}")))?;
+    tokio::spawn(watch_udp_sockets(metrics.clone(), wanted));
     let node_name = NodeName::new("/", &config.node_name)
         .map_err(|e| CaptureError::Dds(format!("node name {:?}: {e:?}", config.node_name)))?;
     let mut node = context
-        .new_node(node_name, NodeOptions::new().enable_rosout(false))
+        .new_node(node_name.clone(), NodeOptions::new().enable_rosout(false))
         .map_err(|e| CaptureError::Dds(format!("{e:?}")))?;
     for (index, topic) in config.topics.iter().enumerate() {
         let fail = |reason: String| CaptureError::Topic {
@@ -107,11 +182,17 @@ pub fn start(
             reason,
         };
         let qos = ros_qos(&topic.qos, &topic.msg_type);
-        let dds_topic = node
+        // The topic made here, not by ros2-client: its QoS also bounds RustDDS's topic cache
+        // to the history depth (see `dds_topic_qos`); the subscription inherits it.
+        let dds_topic = context
+            .domain_participant()
             .create_topic(
-                &ros_name(&topic.topic).map_err(fail)?,
-                ros_type(&topic.type_name).map_err(fail)?,
-                &qos,
+                ros_name(&topic.topic)
+                    .map_err(fail)?
+                    .to_dds_name("rt", &node_name, ""),
+                ros_type(&topic.type_name).map_err(fail)?.dds_msg_type(),
+                &dds_topic_qos(&qos),
+                rustdds::TopicKind::NoKey,
             )
             .map_err(|e| fail(format!("{e:?}")))?;
         let subscription = node
@@ -178,6 +259,10 @@ struct Gaps {
     last: std::collections::HashMap<ros2_client::Gid, i64>,
     /// Samples that failed to decode since the last gap (each leaves a gap of one).
     undecoded: u64,
+    /// Lost samples counted but not yet in a log line, and when the last line was written:
+    /// at most one a second, however often samples are lost.
+    unlogged: u64,
+    logged_at: Option<std::time::Instant>,
 }
 
 impl Gaps {
@@ -190,9 +275,19 @@ impl Gaps {
         let explained = gap.min(self.undecoded);
         self.undecoded -= explained;
         let lost = gap - explained;
-        if lost > 0 {
-            task.lost.inc_by(lost);
-            tracing::warn!(topic = %task.topic.topic, lost, after_sequence = previous, "samples lost before the agent read them (the reader cache overflowed, the publisher's history dropped them, or the network did)");
+        if lost == 0 {
+            return;
+        }
+        task.lost.inc_by(lost);
+        self.unlogged += lost;
+        let now = std::time::Instant::now();
+        if self
+            .logged_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            tracing::warn!(topic = %task.topic.topic, lost = self.unlogged, after_sequence = previous, "samples lost before the agent read them (the reader cache overflowed, the publisher's history dropped them, or the network did)");
+            self.unlogged = 0;
+            self.logged_at = Some(now);
         }
     }
 }
@@ -266,5 +361,21 @@ impl Receiver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topic_cache_is_bounded_to_the_history_depth() {
+        let qos = QosProfile::subscription_default().history(History::KeepLast { depth: 5 });
+        let dds = dds_topic_qos(&qos);
+        let limits = dds.resource_limits().expect("resource limits set");
+        assert_eq!(limits.max_samples, 5);
+        assert_eq!(limits.max_samples_per_instance, 5);
+        // The rest of the profile is kept.
+        assert!(!dds.is_reliable());
     }
 }

@@ -11,3 +11,4 @@ pub mod msg;
 pub mod outbox;
 pub mod pipeline;
 pub mod spool;
+pub mod udp_sockets;

@@ -236,6 +236,14 @@ fn open_spools(
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Threads of the capture runtime: one per core, two to four.
+fn capture_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4)
+}
+
 fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
     bound_heap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -244,7 +252,9 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
     }
     let metrics = Arc::new(Metrics::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        // A worker per core (two at least): a heavy topic's decoding does not stall the
+        // others' (each topic is its own task), nor the metrics endpoint.
+        .worker_threads(capture_workers())
         .thread_name("capture")
         .enable_all()
         .build()?;

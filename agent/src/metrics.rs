@@ -31,6 +31,8 @@ pub struct Metrics {
     pub dropped: Family<Labels, Counter>,
     pub paused: Family<Labels, Counter>,
     pub samples_lost: Family<Labels, Counter>,
+    pub udp_receive_drops: Counter,
+    pub udp_receive_buffer: Gauge,
     pub keyd_errors: Family<Labels, Counter>,
     pub keyd_refusals: Family<Labels, Counter>,
     pub keyd_latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -164,6 +166,16 @@ impl Metrics {
                 "samples_lost",
                 "Samples publishers sent that never reached the agent (gaps in their sequence numbers)",
                 Family::default()
+            ),
+            udp_receive_drops: metric!(
+                "udp_receive_drops",
+                "Datagrams the kernel dropped on the agent's DDS sockets because a receive buffer was full",
+                Counter::default()
+            ),
+            udp_receive_buffer: metric!(
+                "udp_receive_buffer_bytes",
+                "The receive buffer the kernel gave the agent's DDS listeners (SO_RCVBUF: twice the data's share on Linux)",
+                Gauge::default()
             ),
             keyd_errors: metric!(
                 "keyd_errors",

@@ -92,6 +92,8 @@ def test_packages_hold_what_they_should(arch):
     files = contents(agent)
     assert files["/usr/bin/edge-agent"] == "-rwxr-xr-x" and files["/etc/edge-agent/map.yaml"] == "-rw-r-----"
     assert "/usr/lib/systemd/system/edge-agent.service" in files and "/usr/lib/sysusers.d/edge-agent.conf" in files
+    # The receive buffers the DDS sockets ask for (point clouds in a burst).
+    assert "net.core.rmem_max" in member(agent, "/usr/lib/sysctl.d/60-edge-agent.conf").decode()
     assert "keyd" in field(agent, "Recommends")
     assert contents(cli)["/usr/bin/peaqos"] == "-rwxr-xr-x"
     # The binaries are of the package's architecture.
