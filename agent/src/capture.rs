@@ -45,7 +45,8 @@ fn has_blob(ty: &MsgType) -> bool {
 }
 
 /// The ROS 2 QoS of a map entry (reliability and history as asked; the receive cache at
-/// least [`MIN_RECEIVE_CACHE`] deep for small messages).
+/// least [`MIN_RECEIVE_CACHE`] deep for small messages, and `reliable` four times deeper
+/// for them; for types with byte blobs, the map's depth whatever the profile).
 pub fn ros_qos(qos: &Qos, ty: &MsgType) -> QosProfile {
     let depth = usize::from(qos.depth());
     let depth = if has_blob(ty) {
@@ -63,12 +64,15 @@ pub fn ros_qos(qos: &Qos, ty: &MsgType) -> QosProfile {
         MapQos::SensorData => base
             .reliability(Reliability::BestEffort)
             .history(History::KeepLast { depth }),
-        // Keep-all would fall back to RustDDS's 64-sample limit: a deep keep-last instead.
+        // Keep-all would fall back to RustDDS's 64-sample limit: a deep keep-last instead,
+        // but not for byte blobs: RustDDS keeps that many samples in memory at all times.
         MapQos::Reliable => base
             .reliability(Reliability::Reliable {
                 when_full: WhenFull::DEFAULT,
             })
-            .history(History::KeepLast { depth: 4 * depth }),
+            .history(History::KeepLast {
+                depth: if has_blob(ty) { depth } else { 4 * depth },
+            }),
     }
 }
 
@@ -89,8 +93,8 @@ pub const SMALL_RECEIVE_BUFFER: usize = 8 << 20;
 pub const BLOB_RECEIVE_BUFFER: usize = 32 << 20;
 
 /// Every second: the kernel's drops on the agent's UDP sockets into a counter (and a
-/// warning), the receive buffer the kernel gave them into a gauge; once, a warning if the kernel gave
-/// less than `wanted`.
+/// warning), the receive buffer the kernel gave them into a gauge; once, a warning if the
+/// kernel gave less than `wanted`.
 async fn watch_udp_sockets(metrics: Arc<Metrics>, wanted: usize) {
     let mut counted = 0u64;
     let mut checked_buffer = false;
@@ -260,7 +264,7 @@ struct Gaps {
     /// Samples that failed to decode since the last gap (each leaves a gap of one).
     undecoded: u64,
     /// Lost samples counted but not yet in a log line, and when the last line was written:
-    /// at most one a second, however often samples are lost.
+    /// at most one a second, however often samples are lost (the counter has every one).
     unlogged: u64,
     logged_at: Option<std::time::Instant>,
 }
@@ -377,5 +381,23 @@ mod tests {
         assert_eq!(limits.max_samples_per_instance, 5);
         // The rest of the profile is kept.
         assert!(!dds.is_reliable());
+    }
+
+    #[test]
+    fn reliable_deepens_the_cache_of_small_messages_only() {
+        use crate::msg::registry::Registry;
+        let registry = Registry::shipped();
+        let string = registry.resolve("std_msgs/msg/String").unwrap();
+        let cloud = registry.resolve("sensor_msgs/msg/PointCloud2").unwrap();
+        let reliable = Qos {
+            profile: MapQos::Reliable,
+            depth: Some(10),
+        };
+        let depth = |ty| match ros_qos(&reliable, ty).history {
+            History::KeepLast { depth } => depth,
+            History::KeepAll => usize::MAX,
+        };
+        assert_eq!(depth(&string), 4 * MIN_RECEIVE_CACHE);
+        assert_eq!(depth(&cloud), 10);
     }
 }

@@ -36,7 +36,8 @@ pub enum QosProfile {
     /// Sensor data: best effort, keep last `depth` (5).
     SensorData,
     /// Reliable, like `default`, with a receive cache four times deeper, for topics that
-    /// must not lose samples when the agent is briefly starved of CPU.
+    /// must not lose samples when the agent is briefly starved of CPU (not for types with
+    /// byte blobs, whose cache stays at `depth`: it is held in memory at all times).
     Reliable,
 }
 
