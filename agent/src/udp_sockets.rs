@@ -10,15 +10,15 @@
 use std::collections::HashSet;
 use std::os::fd::RawFd;
 
-/// One of the agent's UDP sockets: its inode and a descriptor for it.
+/// One of the agent's sockets (of any kind): its inode and a descriptor for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UdpSocket {
+pub struct OwnSocket {
     pub inode: u64,
     pub fd: RawFd,
 }
 
 /// The process's sockets (of any kind): `socket:[inode]` links in `/proc/self/fd`.
-fn own_sockets() -> std::io::Result<Vec<UdpSocket>> {
+fn own_sockets() -> std::io::Result<Vec<OwnSocket>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")? {
         let Ok(entry) = entry else { continue };
@@ -30,7 +30,7 @@ fn own_sockets() -> std::io::Result<Vec<UdpSocket>> {
             continue;
         };
         if let Some(inode) = socket_inode(&link.to_string_lossy()) {
-            found.push(UdpSocket { inode, fd });
+            found.push(OwnSocket { inode, fd });
         }
     }
     Ok(found)

@@ -3,7 +3,8 @@ Fast DDS 2.9 (Debian's libfastrtps-dev, tests/interop/fastpub.cpp, built by scri
 whose CDR is written by hand. Three topics at once, a light one beside a heavy one:
 
 - at the rates ROS 2 robots publish (String 1,000/s, Imu 200/s, 1 MiB point clouds 5/s):
-  everything captured, content equal bit for bit, the chains bought with the reference;
+  everything captured, content equal bit for bit, the chains bought with the reference,
+  and the agent's peak RSS under 64 MiB;
 - at rates that lost data silently before (point clouds at 100/s beside Strings at 1,000/s):
   the Strings are not starved by the clouds (each topic has its own worker), and for every
   topic received + lost = published: nothing goes missing without a count. The kernel's
@@ -116,6 +117,9 @@ def test_fast_dds_topics_at_robot_rates_are_captured_bit_for_bit(keyd):
     assert len(packages) == 20
     for n, package in enumerate(packages):
         assert package["payload"] == cloud_json(n, MiB), n
+    # Point clouds in bounded memory: the agent's peak RSS under this load.
+    peak_kib = int((work / "hwm.txt").read_text().split()[1])
+    assert peak_kib < 64 * 1024, f"agent peak RSS {peak_kib / 1024:.1f} MiB, goal < 64 MiB"
 
 
 def test_heavy_clouds_starve_nothing_and_every_loss_is_counted(keyd):
