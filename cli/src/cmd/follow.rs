@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::cli::FollowArgs;
 use crate::output::{input, CliError, CliResult, Output};
 
-/// How long the stream and consumer are waited for, and the backoff in between.
+/// How long the server, the stream and the consumer are each waited for, and the backoff.
 const SETUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 const SETUP_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(250);
 const SETUP_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
@@ -96,27 +96,9 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
         credentials: args.credentials.clone(),
         name: "peaqos stream follow".into(),
     };
-    // A server not up yet (started beside the follower, restarting): tried again with
-    // backoff, as the stream is below.
-    let mut wait = SETUP_BACKOFF_MIN;
-    let started = std::time::Instant::now();
-    let connection = loop {
-        match feed::connect::connect(&settings, "--nats").await {
-            Ok(connection) => break connection,
-            Err(e @ (feed::FeedError::Setting { .. } | feed::FeedError::Credentials { .. })) => {
-                return Err(input(e))
-            }
-            Err(e) if started.elapsed() + wait > SETUP_PATIENCE => return Err(network(e)),
-            Err(e) => {
-                warn(
-                    out,
-                    &format!("{e}; trying again in {} ms", wait.as_millis()),
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(SETUP_BACKOFF_MAX);
-            }
-        }
-    };
+    // A server not up yet (started beside the follower, restarting): tried again.
+    let connection =
+        with_setup_patience(out, || feed::connect::connect(&settings, "--nats")).await?;
     let spec = StreamSpec {
         name: args.stream.clone(),
         subject_prefix: prefix.clone(),
@@ -127,30 +109,14 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
         durable: args.durable.clone(),
         deliver_all,
     };
-    // A cluster electing a leader (a node just died), a stream not made yet: tried again
-    // with backoff for a minute.
-    let mut wait = SETUP_BACKOFF_MIN;
-    let started = std::time::Instant::now();
-    let (mut stream, mut messages) = loop {
-        let attempt = async {
-            let stream = FeedStream::open(&connection.client, &spec, false).await?;
-            let messages = consumer(&stream, &consumer_spec).await?;
-            Ok::<_, feed::FeedError>((stream, messages))
-        };
-        match attempt.await {
-            Ok(ready) => break ready,
-            Err(e @ feed::FeedError::Setting { .. }) => return Err(input(e)),
-            Err(e) if started.elapsed() + wait > SETUP_PATIENCE => return Err(network(e)),
-            Err(e) => {
-                warn(
-                    out,
-                    &format!("{e}; trying again in {} ms", wait.as_millis()),
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(SETUP_BACKOFF_MAX);
-            }
-        }
-    };
+    // A cluster electing a leader (a node just died), a stream not made yet: tried again.
+    let (client, spec, consumer_spec) = (&connection.client, &spec, &consumer_spec);
+    let (mut stream, mut messages) = with_setup_patience(out, || async move {
+        let stream = FeedStream::open(client, spec, false).await?;
+        let messages = consumer(&stream, consumer_spec).await?;
+        Ok((stream, messages))
+    })
+    .await?;
     out.say(format!(
         "following {filter} on {} into {}",
         feed::connect::shown_urls(&args.nats),
@@ -210,6 +176,34 @@ async fn follow(args: FollowArgs, out: &Output) -> CliResult {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
                     .await;
+            }
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, with backoff, for up to [`SETUP_PATIENCE`]; a bad
+/// setting or credentials end it at once, as an input error.
+async fn with_setup_patience<T, F, Fut>(out: &Output, mut attempt: F) -> Result<T, CliError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, feed::FeedError>>,
+{
+    let mut wait = SETUP_BACKOFF_MIN;
+    let started = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(ready) => return Ok(ready),
+            Err(e @ (feed::FeedError::Setting { .. } | feed::FeedError::Credentials { .. })) => {
+                return Err(input(e))
+            }
+            Err(e) if started.elapsed() + wait > SETUP_PATIENCE => return Err(network(e)),
+            Err(e) => {
+                warn(
+                    out,
+                    &format!("{e}; trying again in {} ms", wait.as_millis()),
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(SETUP_BACKOFF_MAX);
             }
         }
     }
