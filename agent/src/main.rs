@@ -250,6 +250,9 @@ fn run(config: AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
+    // One agent per spool (a second one would interleave the queue and the chains); imports
+    // lock their own directories below it and run beside.
+    let _lock = edge_agent::spool::lock_dir(&config.spool_dir, "another edge-agent run")?;
     let metrics = Arc::new(Metrics::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // A worker per core (two at least): a heavy topic's decoding does not stall the
@@ -483,7 +486,14 @@ fn import(
             tracing::warn!(bag = %path.display(), "keyd did not close the last chunks: run the import again to finish");
             return Ok(false);
         }
-        journal.finish()?;
+        let mut disk = pipeline::DiskPause::new(pipeline::DISK_BACKOFF_MAX_MS);
+        if disk
+            .retry(&metrics, &signalled, || journal.finish())?
+            .is_none()
+        {
+            tracing::warn!(bag = %path.display(), "stopped while the disk is full: run the import again to finish");
+            return Ok(false);
+        }
         tracing::info!(bag = %path.display(), messages = fed.messages, imported = fed.queued, resumed_after = fed.skipped, undecodable = fed.undecodable, other_topics = fed.other_topics, chains = %chains, "imported");
         println!(
             "{}: {} messages into {chains} ({} already there, {} undecodable, {} of other topics)",

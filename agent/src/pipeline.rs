@@ -100,7 +100,12 @@ impl DiskPause {
 
     /// After a write that found the disk full: reports it, waits. Returns whether to give up
     /// (stopping).
-    fn wait(&mut self, error: &SpoolError, metrics: &Metrics, stop: &AtomicBool) -> bool {
+    fn wait(
+        &mut self,
+        error: &dyn std::fmt::Display,
+        metrics: &Metrics,
+        stop: &AtomicBool,
+    ) -> bool {
         metrics.disk_full_retries.inc();
         if !self.paused {
             self.paused = true;
@@ -125,12 +130,12 @@ impl DiskPause {
     }
 
     /// Runs `write` until it succeeds, while the disk is full; `None` if stopping meanwhile.
-    fn retry<T>(
+    pub fn retry<T, E: DiskFull + std::fmt::Display>(
         &mut self,
         metrics: &Metrics,
         stop: &AtomicBool,
-        mut write: impl FnMut() -> Result<T, SpoolError>,
-    ) -> Result<Option<T>, SpoolError> {
+        mut write: impl FnMut() -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
         loop {
             match write() {
                 Ok(v) => {
@@ -148,8 +153,26 @@ impl DiskPause {
     }
 }
 
+/// An error that may say only that the disk is full: nothing was committed, and the same
+/// call succeeds once space returns.
+pub trait DiskFull {
+    fn is_disk_full(&self) -> bool;
+}
+
+impl DiskFull for SpoolError {
+    fn is_disk_full(&self) -> bool {
+        SpoolError::is_disk_full(self)
+    }
+}
+
+impl DiskFull for crate::import::journal::JournalError {
+    fn is_disk_full(&self) -> bool {
+        crate::import::journal::JournalError::is_disk_full(self)
+    }
+}
+
 /// The longest wait between writes to a full disk: space that returns is used soon.
-const DISK_BACKOFF_MAX_MS: u64 = 2_000;
+pub const DISK_BACKOFF_MAX_MS: u64 = 2_000;
 
 /// How a failed keyd call is retried: a refusal waits the longest, a sequence conflict not
 /// at all (once), anything else with backoff. Returns whether to give up (stopping).
@@ -208,6 +231,7 @@ pub fn run_signer(
     journal: Option<&Journal>,
 ) -> Result<(), PipelineError> {
     let mut backoff = Backoff::new(config.keyd_backoff_max_ms);
+    let mut disk = DiskPause::new(DISK_BACKOFF_MAX_MS);
     let signing_key_id = keyd.signing_key_id();
     let mut next_sequence: Option<u64> = None;
     let delay = Duration::from_millis(config.batch.max_delay_ms);
@@ -301,7 +325,19 @@ pub fn run_signer(
                     "an imported message without its place in the bag".into(),
                 ));
             }
-            journal.record(&origins, first)?;
+            // A full disk pauses the import here, as it pauses the writer: the journal line
+            // is undone and retried until there is room (or the import is stopped, when
+            // nothing of the batch reached a spool and a resume signs it again).
+            if disk
+                .retry(metrics, stop, || journal.record(&origins, first))?
+                .is_none()
+            {
+                tracing::warn!(
+                    lost = origins.len(),
+                    "stopping while the disk is full: signed messages were not journaled"
+                );
+                return Ok(());
+            }
         }
         metrics
             .signed

@@ -52,6 +52,8 @@ pub enum SpoolError {
     Keyd(#[from] SignerError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("{path}: {holder} is using it (one process per spool directory)")]
+    Busy { path: String, holder: &'static str },
 }
 
 /// Whether `error` says the filesystem is full (or the quota spent): a pause, not a failure.
@@ -181,6 +183,31 @@ impl std::fmt::Debug for TopicSpool {
             .field("next_index", &self.writer.next_index())
             .field("open_packages", &self.open_packages)
             .finish_non_exhaustive()
+    }
+}
+
+/// Takes `dir`'s lock (`dir/spool.lock`, created with `dir`; no topic's directory has a
+/// dot), held while the returned file lives: two processes writing one spool would
+/// interleave its queue and chains. `holder` names
+/// who holds it in the error the second one gets. The kernel drops the lock when its
+/// process dies, so a killed agent leaves nothing stale.
+pub fn lock_dir(dir: &Path, holder: &'static str) -> Result<File, SpoolError> {
+    make_dir(dir)?;
+    let path = dir.join("spool.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o640)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Busy {
+            path: dir.display().to_string(),
+            holder,
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
     }
 }
 

@@ -5,6 +5,7 @@ a killed import resumes with nothing twice and nothing lost."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shlex
@@ -18,7 +19,8 @@ from peaq_os_sdk.stream import verify_data_package
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from test_agent import AS_AGENT, KEYD_DEV, agent_binary, as_json, bought, needs_root, private_dir
+from test_agent import (AS_AGENT, KEYD_DEV, accepted_sequences, agent_binary, agent_cmd, as_json, bought,
+                        check_exactly_once, in_netns, needs_root, private_dir, publish_cmd, wait_subscribed)
 from test_agent import remove_private_dirs  # noqa: F401  (autouse here too: this module's directories)
 from test_packages import package_from_line
 
@@ -92,7 +94,7 @@ def keyd():
 
 def write_map(work: Path, socket: str) -> Path:
     agent_dir = work / "agent"
-    agent_dir.mkdir()
+    agent_dir.mkdir(exist_ok=True)  # (a mount point, in the full-disk test)
     subprocess.run(["chown", "nobody:nogroup", str(agent_dir)], check=True)
     path = work / "map.yaml"
     path.write_text(f"keyd:\n  socket: {socket}\nspool_dir: {agent_dir}/spool\noutput_dir: {agent_dir}/out\n"
@@ -102,9 +104,13 @@ def write_map(work: Path, socket: str) -> Path:
     return path
 
 
+def import_shell(map_path: Path, bag: Path, log: Path) -> str:
+    return (f"{AS_AGENT} {shlex.quote(agent_binary())} import --map {shlex.quote(str(map_path))} "
+            f"{shlex.quote(str(bag))} 2>>{shlex.quote(str(log))}")
+
+
 def import_cmd(map_path: Path, bag: Path, log: Path) -> list[str]:
-    return ["bash", "-c", f"{AS_AGENT} {shlex.quote(agent_binary())} import --map {shlex.quote(str(map_path))} "
-            f"{shlex.quote(str(bag))} 2>>{shlex.quote(str(log))}"]
+    return ["bash", "-c", import_shell(map_path, bag, log)]
 
 
 def check_chain(keyd: dict, chain: Path, work: Path, kind: str, expected: list[tuple[str, int, int]]):
@@ -168,3 +174,84 @@ def test_killed_import_resumes_with_nothing_twice(keyd):
     numbers = [int(re.match(r"n=(\d+)", p["payload"]["data"]).group(1)) for p in packages]
     assert numbers == list(range(count))
     check_chain(keyd, chains / "imu", work, "imu", [w for w in written if w[0] == "/imu"])
+
+
+def wait_for(path: Path, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@needs_root
+def test_import_on_a_full_disk_pauses_and_finishes(keyd):
+    """The import's spool and chains on a tmpfs with 2 MiB left: the import stops where the
+    disk is full, says so, retries, and finishes by itself once space returns, with every
+    message in the chain once."""
+    work = private_dir("eak")
+    bag = work / "full"
+    count = 12000
+    written = write_bag(bag, StoragePlugin.MCAP, {"/count": ("string", count), "/imu": ("imu", 600)})
+    agent_dir = work / "agent"
+    agent_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(agent_dir)], check=True)
+    try:
+        map_path = write_map(work, keyd["socket"])
+        fill = agent_dir / "fill"
+        st = os.statvfs(agent_dir)
+        with open(fill, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - 2 * 1024 * 1024)
+        log = work / "import.log"
+        proc = subprocess.Popen(import_cmd(map_path, bag, log), stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert wait_for(log, "the disk is full: not accepting", 120), log.read_text()[-3000:]
+            time.sleep(2)
+            assert proc.poll() is None, f"the import exited on a full disk:\n{log.read_text()[-3000:]}"
+            fill.unlink()
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
+                proc.wait()
+        text = log.read_text()
+        assert proc.returncode == 0, text[-3000:]
+        assert "the disk takes writes again" in text, text[-3000:]
+        assert f"{count + 600} messages into" in out, out
+        chains = agent_dir / "out" / "imports" / "full"
+        packages = check_chain(keyd, chains / "count", work, "string", [w for w in written if w[0] == "/count"])
+        numbers = [int(re.match(r"n=(\d+)", p["payload"]["data"]).group(1)) for p in packages]
+        assert numbers == list(range(count))
+        check_chain(keyd, chains / "imu", work, "imu", [w for w in written if w[0] == "/imu"])
+    finally:
+        subprocess.run(["umount", "-l", str(agent_dir)], check=False)
+
+
+@needs_root
+def test_import_beside_a_live_agent(keyd):
+    """A bag imported while the live agent captures, with one map and one keyd: the two share
+    the DID's one sequence (each renumbers where the other took numbers), a second live agent
+    on the same spool is refused, and every chain, live and imported, is exact."""
+    work = private_dir("eal")
+    bag = work / "beside"
+    written = write_bag(bag, StoragePlugin.MCAP, {"/count": ("string", 6000), "/imu": ("imu", 300)})
+    map_path = write_map(work, keyd["socket"])
+    log, import_log = work / "agent.log", work / "import.log"
+    second = f"{AS_AGENT} {shlex.quote(agent_binary())} run {shlex.quote(str(map_path))}"
+    script = (f"cd {shlex.quote(str(work))}\n{agent_cmd(map_path, log)} &\nagent=$!\n{wait_subscribed(log, 2)}"
+              f"if {second} 2> second.err; then echo 'a second agent ran on the same spool'; exit 1; fi\n"
+              f"{publish_cmd('/count', 'string', 3000, rate=1000, linger=1)} &\npub=$!\n"
+              f"sleep 0.5\n{import_shell(map_path, bag, import_log)} > import.out\n"
+              "wait $pub\nsleep 1.5\nkill -TERM $agent; wait $agent\n")
+    in_netns(script, timeout=240)
+    assert "another edge-agent run is using it" in (work / "second.err").read_text()
+    assert "6300 messages into" in (work / "import.out").read_text(), import_log.read_text()[-3000:]
+    check_exactly_once(keyd, work, accepted_sequences(log), published=3000)
+    chains = work / "agent" / "out" / "imports" / "beside"
+    imported = check_chain(keyd, chains / "count", work, "string", [w for w in written if w[0] == "/count"])
+    imported += check_chain(keyd, chains / "imu", work, "imu", [w for w in written if w[0] == "/imu"])
+    live = bought(keyd, work / "agent" / "out" / "count", work)
+    # One sequence for the DID: no number in two chains.
+    numbers = [p["sequenceNumber"] for p in [*imported, *live]]
+    assert len(set(numbers)) == len(numbers)

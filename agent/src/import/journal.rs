@@ -32,6 +32,14 @@ pub enum JournalError {
     Invalid { path: String, reason: String },
 }
 
+impl JournalError {
+    /// Whether this failed only because the disk is full (a record that failed so was
+    /// undone: the same call succeeds once space returns).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, JournalError::Io { source, .. } if crate::spool::is_disk_full(source))
+    }
+}
+
 /// The journal's first line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,7 +195,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Records a signed batch (`ordinals[i]` got `first_sequence + i`), synced.
+    /// Records a signed batch (`ordinals[i]` got `first_sequence + i`), synced. A record that
+    /// fails is cut off again, so that a retry appends to whole lines.
     pub fn record(&self, ordinals: &[u64], first_sequence: u64) -> Result<(), JournalError> {
         let mut text = String::new();
         let mut i = 0;
@@ -207,12 +216,27 @@ impl Journal {
             i += n;
         }
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(text.as_bytes())
+        let io = |source| JournalError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let len = file.metadata().map_err(io)?.len();
+        match file
+            .write_all(text.as_bytes())
             .and_then(|()| file.sync_data())
-            .map_err(|source| JournalError::Io {
-                path: self.path.display().to_string(),
-                source,
-            })
+        {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                // Shrinking needs no space. If even that fails, the journal cannot be trusted
+                // to end in whole lines: not a pause but an error.
+                if let Err(cut) = file.set_len(len) {
+                    return Err(io(std::io::Error::other(format!(
+                        "{source}; and cutting off the failed record failed: {cut}"
+                    ))));
+                }
+                Err(io(source))
+            }
+        }
     }
 }
 

@@ -54,8 +54,6 @@ pub enum ImportError {
         "topic {0}: its chains would live in the imports directory; rename the topic's output"
     )]
     Collides(String),
-    #[error("{path}: another import of this bag is running")]
-    Locked { path: String },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -124,21 +122,7 @@ impl Plan {
             overflow: Overflow::Pause,
             ..config.queue
         };
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| ImportError::Io { path, source }
-        };
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
-        let lock_path = root.join("lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        lock.try_lock().map_err(|_| ImportError::Locked {
-            path: bag.path.display().to_string(),
-        })?;
+        let lock = crate::spool::lock_dir(&root, "another import of this bag")?;
         Ok(Plan {
             bag,
             name,
