@@ -214,9 +214,10 @@ def inside(args) -> None:
             ("python", python_pub, "pointcloud2", "sensor_msgs/msg/PointCloud2", 100, 10, 1 << 20, 4 << 20),
             ("rust", rust_pub, "pointcloud2", "sensor_msgs/msg/PointCloud2", 200, 20, 1 << 20, 4 << 20),
             ("rust", rust_pub, "pointcloud2", "sensor_msgs/msg/PointCloud2", 400, 40, 1 << 20, 4 << 20),
+            ("rust", rust_pub, "image", "sensor_msgs/msg/Image", 100, 10, 6_220_800, 32 << 20),
         ]
         if args.quick:
-            plan = [p for p in plan if p[4] <= 20_000 or p[2] == "pointcloud2"][:4]
+            plan = [p for p in plan if p[4] <= 20_000 or p[2] in ("pointcloud2", "image")][:4]
         if args.only:
             plan = [p for p in plan if args.only in f"{p[0]}:{p[2]}:{p[5]}"]
         for who, publisher, kind, type_name, count, rate, size, chunk in plan:
@@ -245,12 +246,13 @@ def cpu_model() -> str:
 
 
 def message_label(kind: str) -> str:
-    return {"string": "String, 100 B", "imu": "Imu", "pointcloud2": "PointCloud2, 1 MiB"}[kind]
+    return {"string": "String, 100 B", "imu": "Imu", "pointcloud2": "PointCloud2, 1 MiB",
+            "image": "Image, 1080p rgb8 (6.2 MB)"}[kind]
 
 
 def rate_text(r: dict) -> str:
     """Accepted messages/s of a run, with MB/s for the large samples."""
-    return f"{r['rate']:,.0f}" + (f" ({r['mb_per_s']:.0f} MB/s)" if r["kind"] == "pointcloud2" else "")
+    return f"{r['rate']:,.0f}" + (f" ({r['mb_per_s']:.0f} MB/s)" if r["kind"] in ("pointcloud2", "image") else "")
 
 
 def report(data: dict, command: str) -> str:

@@ -1,6 +1,7 @@
 //! A fast ROS 2 publisher for the agent's benchmark (scripts/bench-agent), where the Python
 //! Cyclone DDS publisher of the interop tests would be the limit. Same arguments and same
-//! messages as `tests/interop/rospub.py` (string, imu, pointcloud2). Reliable, keep-all,
+//! messages as `tests/interop/rospub.py` (string, imu, pointcloud2), and camera frames
+//! (image: `--size` bytes of `rgb8`, 1,920 pixels a row; 6,220,800 is 1080p). Reliable, keep-all,
 //! blocking when the reader falls behind: what it publishes, the subscriber gets.
 //!
 //!   ros2-bench-publisher --topic /bench --type string --count N [--rate R] [--size B]
@@ -62,6 +63,19 @@ struct PointCloud2 {
     is_dense: bool,
 }
 
+/// `sensor_msgs/Image`: a camera frame (`rgb8` rows of 1,920 pixels in the benchmark).
+#[derive(Serialize)]
+struct Image {
+    header: Header,
+    height: u32,
+    width: u32,
+    encoding: String,
+    is_bigendian: u8,
+    step: u32,
+    #[serde(serialize_with = "as_bytes")]
+    data: Vec<u8>,
+}
+
 fn as_bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(v)
 }
@@ -115,7 +129,7 @@ fn parse_args() -> Args {
         i += 2;
     }
     if a.topic.is_empty() || a.kind.is_empty() {
-        eprintln!("usage: ros2-bench-publisher --topic T --type string|imu|pointcloud2 --count N [--rate R] [--size B]");
+        eprintln!("usage: ros2-bench-publisher --topic T --type string|imu|pointcloud2|image --count N [--rate R] [--size B]");
         std::process::exit(2);
     }
     a
@@ -139,6 +153,7 @@ fn main() {
         "string" => ("std_msgs", "String"),
         "imu" => ("sensor_msgs", "Imu"),
         "pointcloud2" => ("sensor_msgs", "PointCloud2"),
+        "image" => ("sensor_msgs", "Image"),
         other => {
             eprintln!("ros2-bench-publisher: unknown type {other}");
             std::process::exit(2)
@@ -220,6 +235,21 @@ fn main() {
                 angular_velocity_covariance: [0.0; 9],
                 linear_acceleration: Xyz(0.1, 9.81, -(n as f64) / 3.0),
                 linear_acceleration_covariance: [1e-3; 9],
+            }
+        }),
+        "image" => run!(Image, |n: u64| {
+            const WIDTH: usize = 1920;
+            let step = 3 * WIDTH;
+            let rows = (args.size / step).max(1);
+            let row: Vec<u8> = (0..step).map(|i| ((n as usize + i) % 256) as u8).collect();
+            Image {
+                header: header(n, "camera"),
+                height: rows as u32,
+                width: WIDTH as u32,
+                encoding: "rgb8".into(),
+                is_bigendian: 0,
+                step: step as u32,
+                data: row.repeat(rows),
             }
         }),
         _ => run!(PointCloud2, |n: u64| {

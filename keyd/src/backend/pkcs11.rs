@@ -21,6 +21,7 @@ use cryptoki::types::AuthPin;
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 use serde::Deserialize;
 use stream::keys::{BoxPublicKey, Secret32};
+use stream::package::SignerTable;
 use zeroize::Zeroizing;
 
 use super::{Backend, BackendError, BackendInfo};
@@ -343,6 +344,8 @@ pub struct Pkcs11Backend {
     next: AtomicUsize,
     identity: ObjectHandle,
     identity_public: VerifyingKey,
+    /// The identity key's multiples, for the recovery id of each signature.
+    identity_table: SignerTable,
     chain: ObjectHandle,
     chain_public: [u8; 32],
     box_key: ObjectHandle,
@@ -405,6 +408,7 @@ impl Pkcs11Backend {
             chain: find(s, config, "chain", ObjectClass::PRIVATE_KEY)?,
             box_key: find(s, config, "box", ObjectClass::PRIVATE_KEY)?,
             field: find(s, config, "field", ObjectClass::SECRET_KEY)?,
+            identity_table: SignerTable::new(&identity_public),
             identity_public,
             chain_public,
             box_public,
@@ -583,9 +587,7 @@ impl Backend for Pkcs11Backend {
         // About half of the token's signatures are high-s: normalize, then compute v (by
         // trial in the negligible case the direct computation cannot tell).
         let signature = signature.normalize_s().unwrap_or(signature);
-        if let Some(id) =
-            stream::package::recovery_id_for(digest, &signature, &self.identity_public)
-        {
+        if let Some(id) = self.identity_table.recovery_id(digest, &signature) {
             let mut out = [0u8; 65];
             out[..64].copy_from_slice(&signature.to_bytes());
             out[64] = 27 + id.to_byte();

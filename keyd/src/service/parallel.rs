@@ -1,5 +1,7 @@
 //! Thread helpers: large batches across the cores, small ones inline.
 
+use std::sync::OnceLock;
+
 use crate::error::RequestError;
 
 /// Batches up to this size run on the async worker (a few signatures take less than a
@@ -20,6 +22,14 @@ pub async fn offload<T: Send + 'static>(
     }
 }
 
+/// The cores keyd may use, asked once: `available_parallelism` reads the cgroup's CPU
+/// quota from /proc and /sys on every call (six files opened, ~50 µs), which a request
+/// must not pay.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Batches at least this large are split across the cores.
 const PARALLEL_MIN: usize = 64;
 
@@ -29,15 +39,14 @@ pub fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(usize, &T) -> Result<R, RequestError> + Sync,
 ) -> Result<Vec<R>, RequestError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if items.len() < PARALLEL_MIN || threads == 1 {
+    if items.len() < PARALLEL_MIN || cores() == 1 {
         return items
             .iter()
             .enumerate()
             .map(|(i, item)| f(i, item))
             .collect();
     }
-    let per = items.len().div_ceil(threads);
+    let per = items.len().div_ceil(cores());
     let parts: Vec<Result<Vec<R>, RequestError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = items
             .chunks(per)
