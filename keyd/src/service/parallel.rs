@@ -23,8 +23,8 @@ pub async fn offload<T: Send + 'static>(
 }
 
 /// The cores keyd may use, asked once: `available_parallelism` reads the cgroup's CPU
-/// quota from /proc and /sys on every call (six files opened, ~50 µs), which a request
-/// must not pay.
+/// quota from /proc and /sys on every call (strace: six files opened and read), which a
+/// request must not pay.
 fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
